@@ -1,0 +1,130 @@
+//! Annotation, label and environment-variable names shared with HAMi.
+//!
+//! These strings are the compatibility contract: a HAMi pod spec, node or
+//! dashboard must keep working, so none of them may change spelling.
+
+// ---- pod annotations written by the scheduler side -------------------------
+
+/// NVIDIA allocation decided by the extender's filter (`uuid,type,mem,cores:` per device, `;` per container).
+pub const VGPU_DEVICES_TO_ALLOCATE: &str = "hami.io/vgpu-devices-to-allocate";
+/// NVIDIA allocation confirmed for the pod.
+pub const VGPU_DEVICES_ALLOCATED: &str = "hami.io/vgpu-devices-allocated";
+/// Node the extender chose.
+pub const VGPU_NODE: &str = "hami.io/vgpu-node";
+/// Unix time (seconds) of the filter decision.
+pub const VGPU_TIME: &str = "hami.io/vgpu-time";
+/// `allocating` | `success` | `failed`, see [`crate::BindPhase`].
+pub const BIND_PHASE: &str = "hami.io/bind-phase";
+/// Unix time (seconds) at which `/bind` started.
+pub const BIND_TIME: &str = "hami.io/bind-time";
+
+// ---- pod annotations written by users --------------------------------------
+
+pub const USE_GPU_TYPE: &str = "nvidia.com/use-gputype";
+pub const NOUSE_GPU_TYPE: &str = "nvidia.com/nouse-gputype";
+pub const USE_GPU_UUID: &str = "nvidia.com/use-gpuuuid";
+pub const NOUSE_GPU_UUID: &str = "nvidia.com/nouse-gpuuuid";
+pub const NUMA_BIND: &str = "nvidia.com/numa-bind";
+pub const GPU_SCHEDULER_POLICY: &str = "hami.io/gpu-scheduler-policy";
+pub const NODE_SCHEDULER_POLICY: &str = "hami.io/node-scheduler-policy";
+pub const VASTAI_USE_VA: &str = "vastaitech.com/use-va";
+pub const VASTAI_NOUSE_VA: &str = "vastaitech.com/nouse-va";
+/// `huawei.com/vnpu-mode: hami-core` selects the software NPU split.
+pub const ASCEND_VNPU_MODE: &str = "huawei.com/vnpu-mode";
+pub const ASCEND_VNPU_MODE_HAMI_CORE: &str = "hami-core";
+
+// ---- node annotations -------------------------------------------------------
+
+/// Per-node lock taken by `/bind`; value is `RFC3339,namespace,pod` ([`crate::NodeLock`]).
+pub const NODE_LOCK: &str = "hami.io/mutex.lock";
+pub const NODE_NVIDIA_REGISTER: &str = "hami.io/node-nvidia-register";
+pub const NODE_NVIDIA_HANDSHAKE: &str = "hami.io/node-handshake";
+/// Devices an operator has taken out of scheduling (comma-separated UUIDs).
+pub const DEVICE_CORDON: &str = "hami.io/device-cordon";
+
+// ---- labels -----------------------------------------------------------------
+
+/// `hami.io/webhook: ignore` on a namespace or pod opts out of the webhook.
+pub const WEBHOOK_IGNORE_LABEL: &str = "hami.io/webhook";
+pub const WEBHOOK_IGNORE_VALUE: &str = "ignore";
+
+// ---- container environment read by hami-core ---------------------------------
+
+pub const ENV_MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+pub const ENV_SM_LIMIT: &str = "CUDA_DEVICE_SM_LIMIT";
+pub const ENV_SHARED_CACHE: &str = "CUDA_DEVICE_MEMORY_SHARED_CACHE";
+pub const ENV_CORE_POLICY: &str = "GPU_CORE_UTILIZATION_POLICY";
+pub const ENV_TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
+pub const ENV_LOG_LEVEL: &str = "LIBCUDA_LOG_LEVEL";
+pub const ENV_DISABLE_CONTROL: &str = "CUDA_DISABLE_CONTROL";
+pub const ENV_NPU_MEM_QUOTA: &str = "NPU_MEM_QUOTA";
+pub const ENV_NPU_PRIORITY: &str = "NPU_PRIORITY";
+
+/// `CUDA_DEVICE_MEMORY_LIMIT_<i>`: the per-device form HAMi's device plugin writes.
+pub fn env_memory_limit_for(device_index: usize) -> String {
+    format!("{ENV_MEMORY_LIMIT}_{device_index}")
+}
+
+/// `CUDA_DEVICE_SM_LIMIT_<i>`.
+pub fn env_sm_limit_for(device_index: usize) -> String {
+    format!("{ENV_SM_LIMIT}_{device_index}")
+}
+
+/// The four per-vendor annotation keys HAMi derives from a device's common word.
+///
+/// NVIDIA keeps its historical names; every other vendor uses
+/// `hami.io/<word>-devices-to-allocate` and friends (for Ascend the word is the
+/// chip's common word, e.g. `Ascend910B3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VendorAnnotationKeys {
+    pub devices_to_allocate: String,
+    pub devices_allocated: String,
+    pub node_register: String,
+    pub node_handshake: String,
+}
+
+impl VendorAnnotationKeys {
+    pub fn nvidia() -> Self {
+        Self {
+            devices_to_allocate: VGPU_DEVICES_TO_ALLOCATE.to_owned(),
+            devices_allocated: VGPU_DEVICES_ALLOCATED.to_owned(),
+            node_register: NODE_NVIDIA_REGISTER.to_owned(),
+            node_handshake: NODE_NVIDIA_HANDSHAKE.to_owned(),
+        }
+    }
+
+    pub fn for_common_word(word: &str) -> Self {
+        Self {
+            devices_to_allocate: format!("hami.io/{word}-devices-to-allocate"),
+            devices_allocated: format!("hami.io/{word}-devices-allocated"),
+            node_register: format!("hami.io/node-register-{word}"),
+            node_handshake: format!("hami.io/node-handshake-{word}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_device_env_names_match_hami_device_plugin() {
+        assert_eq!(env_memory_limit_for(0), "CUDA_DEVICE_MEMORY_LIMIT_0");
+        assert_eq!(env_sm_limit_for(3), "CUDA_DEVICE_SM_LIMIT_3");
+    }
+
+    #[test]
+    fn ascend_keys_follow_common_word() {
+        let keys = VendorAnnotationKeys::for_common_word("Ascend910A");
+        assert_eq!(
+            keys.devices_to_allocate,
+            "hami.io/Ascend910A-devices-to-allocate"
+        );
+        assert_eq!(
+            keys.devices_allocated,
+            "hami.io/Ascend910A-devices-allocated"
+        );
+        assert_eq!(keys.node_register, "hami.io/node-register-Ascend910A");
+        assert_eq!(keys.node_handshake, "hami.io/node-handshake-Ascend910A");
+    }
+}
