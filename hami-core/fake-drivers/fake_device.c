@@ -1,0 +1,80 @@
+/* Shared fake-GPU state and configuration; linked into both fake libraries. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fake_device.h"
+
+static struct fake_config config;
+static struct fake_state *state;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static uint64_t parse_size(const char *text, uint64_t fallback) {
+    if (!text || !*text) return fallback;
+    char *end = NULL;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (end == text) return fallback;
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; break;
+    case 'm': case 'M': v <<= 20; break;
+    case 'g': case 'G': v <<= 30; break;
+    default: break;
+    }
+    return v;
+}
+
+static void init(void) {
+    const char *count = getenv("FAKE_CUDA_DEVICE_COUNT");
+    config.device_count = count ? atoi(count) : 1;
+    if (config.device_count < 0) config.device_count = 0;
+    if (config.device_count > FAKE_MAX_DEVICES) config.device_count = FAKE_MAX_DEVICES;
+    config.total_memory = parse_size(getenv("FAKE_CUDA_TOTAL_MEMORY"), 8ULL << 30);
+    const char *sm = getenv("FAKE_CUDA_SM_COUNT");
+    config.sm_count = sm ? atoi(sm) : 132;
+    config.ns_per_block = parse_size(getenv("FAKE_CUDA_NS_PER_BLOCK"), 1000);
+
+    const char *path = getenv("FAKE_CUDA_STATE");
+    void *mem = MAP_FAILED;
+    if (path && *path) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            struct stat st;
+            if (fstat(fd, &st) == 0 && (size_t)st.st_size < sizeof(struct fake_state))
+                if (ftruncate(fd, sizeof(struct fake_state)) != 0) perror("fake-cuda: ftruncate");
+            mem = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+        } else {
+            fprintf(stderr, "fake-cuda: cannot open %s: %s\n", path, strerror(errno));
+        }
+    }
+    if (mem == MAP_FAILED)
+        mem = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    state = mem == MAP_FAILED ? NULL : mem;
+}
+
+const struct fake_config *fake_config(void) {
+    pthread_once(&once, init);
+    return &config;
+}
+
+struct fake_state *fake_state(void) {
+    pthread_once(&once, init);
+    return state;
+}
+
+uint64_t fake_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+int fake_uuid(int index, char *out, unsigned int len) {
+    return snprintf(out, len, "GPU-fa4e0000-0000-4000-8000-%012d", index) < (int)len ? 0 : -1;
+}

@@ -1,0 +1,50 @@
+/*
+ * State of the fake GPUs, shared by the fake libcuda.so.1 and libnvidia-ml.so.1
+ * and by every process that loads them, like a real device is.
+ *
+ * FAKE_CUDA_STATE names a file that holds it (created zero-filled on first use,
+ * which is a valid empty state); without it each process gets a private device.
+ * Configuration, read once per process:
+ *   FAKE_CUDA_DEVICE_COUNT  number of devices (default 1, at most 8)
+ *   FAKE_CUDA_TOTAL_MEMORY  bytes per device, k/m/g suffixes allowed (default 8g)
+ *   FAKE_CUDA_SM_COUNT      multiprocessors per device (default 132)
+ *   FAKE_CUDA_NS_PER_BLOCK  simulated run time of one thread block (default 1000)
+ */
+#ifndef HAMI_FAKE_DEVICE_H
+#define HAMI_FAKE_DEVICE_H
+
+#include <stdint.h>
+
+#define FAKE_MAX_DEVICES 8
+#define FAKE_MAX_PROCS 64
+
+struct fake_proc_busy {
+    uint32_t pid;              /* 0 = free slot */
+    uint32_t pad;
+    uint64_t busy_ns_total;    /* kernel time this process put on the device */
+};
+
+struct fake_device_state {
+    uint64_t used_bytes;       /* device memory in use, all processes */
+    uint64_t busy_until_ns;    /* CLOCK_MONOTONIC time the kernel queue drains */
+    uint64_t busy_ns_total;    /* total kernel time ever queued */
+    struct fake_proc_busy procs[FAKE_MAX_PROCS];
+};
+
+struct fake_state {
+    struct fake_device_state dev[FAKE_MAX_DEVICES];
+};
+
+struct fake_config {
+    int device_count;
+    uint64_t total_memory;
+    int sm_count;
+    uint64_t ns_per_block;
+};
+
+const struct fake_config *fake_config(void);
+struct fake_state *fake_state(void);
+uint64_t fake_now_ns(void);
+int fake_uuid(int index, char *out, unsigned int len);
+
+#endif

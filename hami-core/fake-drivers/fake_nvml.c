@@ -1,0 +1,163 @@
+/*
+ * A fake libnvidia-ml.so.1 over the same shared fake-GPU state as the fake
+ * libcuda.so.1: memory use is the device's, utilization comes from the kernel
+ * time each process queued, measured between calls like NVML's samples.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cuda_abi.h"
+#include "fake_device.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static int initialized;
+
+static int index_of(nvmlDevice_t d) {
+    int i = (int)((uintptr_t)d - 1);
+    return i >= 0 && i < fake_config()->device_count ? i : -1;
+}
+
+EXPORT nvmlReturn_t nvmlInit_v2(void) {
+    fake_config();
+    initialized = 1;
+    return NVML_SUCCESS;
+}
+EXPORT nvmlReturn_t nvmlInit(void) { return nvmlInit_v2(); }
+EXPORT nvmlReturn_t nvmlShutdown(void) {
+    initialized = 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    *count = (unsigned int)fake_config()->device_count;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    if ((int)index >= fake_config()->device_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = (nvmlDevice_t)(uintptr_t)(index + 1);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
+    int i = index_of(device);
+    if (i < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *index = (unsigned int)i;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len) {
+    int i = index_of(device);
+    if (i < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    return fake_uuid(i, uuid, len) == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len) {
+    if (index_of(device) < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    snprintf(name, len, "NVIDIA Fake H100 80GB HBM3");
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t memory(nvmlDevice_t device, unsigned long long *total, unsigned long long *used) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    int i = index_of(device);
+    if (i < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *total = fake_config()->total_memory;
+    *used = atomic_load((_Atomic uint64_t *)&fake_state()->dev[i].used_bytes);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *m) {
+    if (!m) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = memory(device, &m->total, &m->used);
+    if (rc == NVML_SUCCESS) m->free = m->used > m->total ? 0 : m->total - m->used;
+    return rc;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *m) {
+    if (!m) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = memory(device, &m->total, &m->used);
+    if (rc == NVML_SUCCESS) {
+        m->reserved = 0;
+        m->free = m->used > m->total ? 0 : m->total - m->used;
+    }
+    return rc;
+}
+
+/* Per-caller memory of the previous sample, so each call reports the share of
+ * device time since the last one, as NVML's sampling does. */
+static struct {
+    uint32_t pid;
+    uint64_t busy;
+    uint64_t at;
+} last[FAKE_MAX_DEVICES][FAKE_MAX_PROCS];
+static uint64_t last_device_busy[FAKE_MAX_DEVICES], last_device_at[FAKE_MAX_DEVICES];
+static pthread_mutex_t sample_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned int percent(uint64_t busy, uint64_t elapsed) {
+    if (elapsed == 0) return 0;
+    uint64_t p = busy * 100 / elapsed;
+    return p > 100 ? 100 : (unsigned int)p;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *samples,
+                                                    unsigned int *count, unsigned long long lastSeen) {
+    (void)lastSeen;
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    int d = index_of(device);
+    if (d < 0 || !count) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device_state *s = &fake_state()->dev[d];
+    unsigned int n = 0;
+    for (int i = 0; i < FAKE_MAX_PROCS; i++)
+        if (atomic_load((_Atomic uint32_t *)&s->procs[i].pid)) n++;
+    if (!samples || *count < n) {
+        *count = n;
+        return samples ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+    }
+    uint64_t now = fake_now_ns();
+    unsigned int out = 0;
+    pthread_mutex_lock(&sample_lock);
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        uint32_t pid = atomic_load((_Atomic uint32_t *)&s->procs[i].pid);
+        if (!pid) continue;
+        uint64_t busy = atomic_load((_Atomic uint64_t *)&s->procs[i].busy_ns_total);
+        if (last[d][i].pid != pid) last[d][i] = (typeof(last[d][i])){pid, busy, now};
+        samples[out] = (nvmlProcessUtilizationSample_t){
+            .pid = pid,
+            .timeStamp = now / 1000,
+            .smUtil = percent(busy - last[d][i].busy, now - last[d][i].at),
+        };
+        last[d][i].busy = busy;
+        last[d][i].at = now;
+        out++;
+    }
+    pthread_mutex_unlock(&sample_lock);
+    *count = out;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *u) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    int d = index_of(device);
+    if (d < 0 || !u) return NVML_ERROR_INVALID_ARGUMENT;
+    uint64_t now = fake_now_ns();
+    uint64_t busy = atomic_load((_Atomic uint64_t *)&fake_state()->dev[d].busy_ns_total);
+    pthread_mutex_lock(&sample_lock);
+    if (!last_device_at[d]) {
+        last_device_at[d] = now;
+        last_device_busy[d] = busy;
+    }
+    u->gpu = percent(busy - last_device_busy[d], now - last_device_at[d]);
+    u->memory = 0;
+    last_device_busy[d] = busy;
+    last_device_at[d] = now;
+    pthread_mutex_unlock(&sample_lock);
+    return NVML_SUCCESS;
+}
