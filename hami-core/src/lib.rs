@@ -1,6 +1,12 @@
 //! `libhami_core.so`: the interposer loaded with `LD_PRELOAD`.
 //!
-//! Not implemented yet: the CUDA/NVML front end is tracked in the hami-core NVIDIA
-//! issue and the Ascend front end in its own issue. This crate currently exports
-//! no symbols, so preloading it changes nothing; it must not be deployed as if it
-//! enforced quotas.
+//! It enforces per-container device-memory limits for CUDA applications that
+//! do not know it is there. The pieces, each in its own module:
+//! - [`config`]: the limits from the container environment (fail closed on garbage);
+//! - [`region`]: the shared accounting region every process of the container maps;
+//!
+//! Not implemented yet: the compute-share limiter and the Ascend front end.
+
+pub mod config;
+pub mod log;
+pub mod region;

@@ -1,0 +1,222 @@
+//! The container's limits, read once from the environment HAMi's device plugin
+//! (or our CDI spec / OCI hook) sets.
+//!
+//! Unlike HAMi-core, a value that does not parse is an error, and an error makes
+//! the library fail closed: allocations are refused, never left unlimited.
+
+use std::path::PathBuf;
+
+use hami_api::keys;
+use hami_api::quota::{MemoryQuota, Percent};
+use thiserror::Error;
+
+/// Devices one container can be limited on (`CUDA_DEVICE_MEMORY_LIMIT_0` … `_15`).
+pub const MAX_DEVICES: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?}: {reason}")]
+    Invalid {
+        var: String,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CorePolicy {
+    /// Throttle only while other tasks share the device (HAMi's default).
+    #[default]
+    Default,
+    /// Always throttle to the share.
+    Force,
+    /// Never throttle.
+    Disable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bytes per device; `None` = no limit (unset or 0, as in HAMi).
+    pub memory_limit: [Option<u64>; MAX_DEVICES],
+    /// Percent per device; `None` = no limit (unset, 0 or 100).
+    pub sm_limit: [Option<u8>; MAX_DEVICES],
+    pub shared_cache: Option<PathBuf>,
+    pub core_policy: CorePolicy,
+    pub task_priority: Option<i32>,
+    pub log_level: u8,
+    /// `CUDA_DISABLE_CONTROL=true`: pass everything through untouched.
+    pub disabled: bool,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads through `get` so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let invalid = |var: &str, value: &str, reason: String| ConfigError::Invalid {
+            var: var.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let mut cfg = Config {
+            log_level: crate::log::WARN,
+            ..Config::default()
+        };
+        if let Some(v) = get(keys::ENV_LOG_LEVEL) {
+            cfg.log_level = v
+                .parse()
+                .map_err(|_| invalid(keys::ENV_LOG_LEVEL, &v, "expected a number 0-4".into()))?;
+        }
+        if let Some(v) = get(keys::ENV_DISABLE_CONTROL) {
+            cfg.disabled = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                _ => {
+                    return Err(invalid(
+                        keys::ENV_DISABLE_CONTROL,
+                        &v,
+                        "expected true or false".into(),
+                    ))
+                }
+            };
+        }
+
+        let memory = |var: &str| -> Result<Option<u64>, ConfigError> {
+            match get(var) {
+                None => Ok(None),
+                Some(v) => {
+                    let q =
+                        MemoryQuota::parse_env(&v).map_err(|e| invalid(var, &v, e.to_string()))?;
+                    Ok((q.bytes() != 0).then_some(q.bytes()))
+                }
+            }
+        };
+        let all = memory(keys::ENV_MEMORY_LIMIT)?;
+        for (i, slot) in cfg.memory_limit.iter_mut().enumerate() {
+            *slot = memory(&keys::env_memory_limit_for(i))?.or(all);
+        }
+
+        let percent = |var: &str| -> Result<Option<u8>, ConfigError> {
+            match get(var) {
+                None => Ok(None),
+                Some(v) => {
+                    let p = Percent::parse(&v, "compute limit")
+                        .map_err(|e| invalid(var, &v, e.to_string()))?;
+                    Ok((p.get() != 0 && p.get() != 100).then_some(p.get()))
+                }
+            }
+        };
+        let all = percent(keys::ENV_SM_LIMIT)?;
+        for (i, slot) in cfg.sm_limit.iter_mut().enumerate() {
+            *slot = percent(&keys::env_sm_limit_for(i))?.or(all);
+        }
+
+        cfg.shared_cache = get(keys::ENV_SHARED_CACHE)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if let Some(v) = get(keys::ENV_CORE_POLICY) {
+            cfg.core_policy = match v.as_str() {
+                "default" | "" => CorePolicy::Default,
+                "force" => CorePolicy::Force,
+                "disable" => CorePolicy::Disable,
+                _ => {
+                    return Err(invalid(
+                        keys::ENV_CORE_POLICY,
+                        &v,
+                        "expected default, force or disable".into(),
+                    ))
+                }
+            };
+        }
+        if let Some(v) = get(keys::ENV_TASK_PRIORITY) {
+            cfg.task_priority =
+                Some(v.parse().map_err(|_| {
+                    invalid(keys::ENV_TASK_PRIORITY, &v, "expected an integer".into())
+                })?);
+        }
+        Ok(cfg)
+    }
+
+    pub fn has_memory_limit(&self) -> bool {
+        self.memory_limit.iter().any(Option::is_some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn reads_hami_device_plugin_env() {
+        let c = cfg(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "3000m"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_1", "4g"),
+            ("CUDA_DEVICE_SM_LIMIT", "30"),
+            (
+                "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+                "/usr/local/vgpu/abc.cache",
+            ),
+            ("GPU_CORE_UTILIZATION_POLICY", "force"),
+            ("CUDA_TASK_PRIORITY", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.memory_limit[0], Some(3000 << 20));
+        assert_eq!(c.memory_limit[1], Some(4 << 30));
+        assert_eq!(c.memory_limit[2], None);
+        assert_eq!(c.sm_limit[5], Some(30));
+        assert_eq!(c.core_policy, CorePolicy::Force);
+        assert_eq!(c.task_priority, Some(1));
+        assert_eq!(
+            c.shared_cache.as_deref(),
+            Some(std::path::Path::new("/usr/local/vgpu/abc.cache"))
+        );
+    }
+
+    #[test]
+    fn global_limit_applies_where_no_per_device_one() {
+        let c = cfg(&[
+            ("CUDA_DEVICE_MEMORY_LIMIT", "1g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_2", "2g"),
+        ])
+        .unwrap();
+        assert_eq!(c.memory_limit[0], Some(1 << 30));
+        assert_eq!(c.memory_limit[2], Some(2 << 30));
+        assert!(cfg(&[("CUDA_DEVICE_MEMORY_LIMIT", "0")])
+            .unwrap()
+            .memory_limit
+            .iter()
+            .all(Option::is_none));
+        assert_eq!(
+            cfg(&[("CUDA_DEVICE_SM_LIMIT", "100")]).unwrap().sm_limit[0],
+            None
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_variable() {
+        for (var, value) in [
+            ("CUDA_DEVICE_MEMORY_LIMIT", "4Gi"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_3", "1.5g"),
+            ("CUDA_DEVICE_SM_LIMIT", "150"),
+            ("CUDA_DEVICE_SM_LIMIT_0", "-5"),
+            ("GPU_CORE_UTILIZATION_POLICY", "sometimes"),
+            ("CUDA_TASK_PRIORITY", "high"),
+            ("LIBCUDA_LOG_LEVEL", "verbose"),
+            ("CUDA_DISABLE_CONTROL", "yes please"),
+        ] {
+            let err = cfg(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(value), "{err}");
+        }
+    }
+}
