@@ -4,9 +4,15 @@
 //! do not know it is there. The pieces, each in its own module:
 //! - [`config`]: the limits from the container environment (fail closed on garbage);
 //! - [`region`]: the shared accounting region every process of the container maps;
+//! - [`engine`]: reserve-before-allocate accounting and pointer tracking;
+//! - [`cuda`]: the exported driver entry points, `cuGetProcAddress` and the `dlsym` override;
+//! - [`nvml`]: NVML memory queries that show the quota.
 //!
 //! Not implemented yet: the compute-share limiter and the Ascend front end.
 
 pub mod config;
+pub mod cuda;
+pub mod engine;
 pub mod log;
+pub mod nvml;
 pub mod region;

@@ -142,8 +142,14 @@ mod tests {
         assert_eq!(offset_of!(Header, slot_count), 28);
         assert_eq!(offset_of!(Header, checksum), 32);
         assert_eq!(offset_of!(Header, limits), 40);
-        assert_eq!(offset_of!(Header, limits) + offset_of!(Limits, sm_percent), 168);
-        assert_eq!(offset_of!(Header, limits) + offset_of!(Limits, core_policy), 232);
+        assert_eq!(
+            offset_of!(Header, limits) + offset_of!(Limits, sm_percent),
+            168
+        );
+        assert_eq!(
+            offset_of!(Header, limits) + offset_of!(Limits, core_policy),
+            232
+        );
         assert_eq!(size_of::<libc::pthread_mutex_t>(), 40);
         assert_eq!(offset_of!(Shared, device_used), 40);
         assert_eq!(offset_of!(Shared, recoveries), 168);

@@ -1,0 +1,418 @@
+//! The per-process quota engine behind every front end: reserve before the
+//! driver allocates, release when it frees, and remember what each pointer or
+//! handle was charged.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Once, OnceLock};
+
+use crate::config::{Config, CorePolicy, MAX_DEVICES};
+use crate::region::layout::Limits;
+use crate::region::{process_start_time, Region};
+use crate::{hlog, log};
+
+/// What kind of object a tracked key names; pointers and VMM handles can collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `cuMemAlloc*`, `cuMemAllocManaged`, stream-ordered allocations.
+    Memory,
+    /// `cuMemCreate` physical handles.
+    Physical,
+    /// `cuArrayCreate`, `cuArray3DCreate`, mipmapped arrays.
+    Array,
+    /// `cuIpcOpenMemHandle` imports.
+    IpcImport,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub device: usize,
+    pub bytes: u64,
+}
+
+/// Why an allocation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    OverLimit,
+    /// The configuration or region is unusable: everything is refused.
+    FailClosed,
+}
+
+pub enum Mode {
+    Enforcing,
+    /// `CUDA_DISABLE_CONTROL=true`: no accounting at all.
+    Disabled,
+    FailClosed(String),
+}
+
+pub struct Engine {
+    pub mode: Mode,
+    region: Option<Region>,
+    limits: [Option<u64>; MAX_DEVICES],
+    sm_limits: [Option<u8>; MAX_DEVICES],
+    pub core_policy: CorePolicy,
+    tracker: SpinLock<HashMap<(Kind, u64), Charge, BuildHasherDefault<KeyHasher>>>,
+    /// This process's slot in the region; a forked child starts without one.
+    slot: AtomicUsize,
+}
+
+/// This process's pid, cached (HAMi spent most of an allocation in getpid) and
+/// refreshed in a forked child.
+static PID: AtomicU32 = AtomicU32::new(0);
+const NO_SLOT: usize = usize::MAX;
+
+static ENGINE: OnceLock<Engine> = OnceLock::new();
+static ATFORK: Once = Once::new();
+
+/// The process-wide engine, built from the environment on first use.
+pub fn engine() -> &'static Engine {
+    ENGINE.get_or_init(|| {
+        let engine = match Config::from_env() {
+            Ok(config) => Engine::new(&config),
+            Err(e) => {
+                hlog!(
+                    log::ERROR,
+                    "invalid configuration, refusing all device allocations: {e}"
+                );
+                Engine::fail_closed(format!("invalid configuration: {e}"))
+            }
+        };
+        ATFORK.call_once(|| {
+            // SAFETY: registering a plain extern "C" handler.
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        });
+        engine
+    })
+}
+
+extern "C" fn after_fork_in_child() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+    if let Some(e) = ENGINE.get() {
+        e.slot.store(NO_SLOT, Ordering::Relaxed);
+        // Another thread may have held the tracker at fork time; the child has
+        // no allocations of its own yet, so start from an empty, unlocked map.
+        e.tracker.force_unlock();
+        e.tracker.lock().clear();
+    }
+}
+
+impl Engine {
+    pub fn new(config: &Config) -> Self {
+        crate::log::set_level(config.log_level);
+        PID.store(std::process::id(), Ordering::Relaxed);
+        if config.disabled {
+            hlog!(
+                log::WARN,
+                "CUDA_DISABLE_CONTROL is set: no limits are enforced"
+            );
+            return Self::with_mode(Mode::Disabled, None);
+        }
+        let mut wanted = Limits::unlimited();
+        for d in 0..MAX_DEVICES {
+            wanted.memory_bytes[d] = config.memory_limit[d].unwrap_or(0);
+            wanted.sm_percent[d] = config.sm_limit[d].map_or(0, u32::from);
+        }
+        wanted.core_policy = match config.core_policy {
+            CorePolicy::Default => 0,
+            CorePolicy::Force => 1,
+            CorePolicy::Disable => 2,
+        };
+        let region = match &config.shared_cache {
+            Some(path) => Region::open_or_create(path, &wanted),
+            None => Region::anonymous(&wanted),
+        };
+        let region = match region {
+            Ok(r) => r,
+            Err(e) => {
+                hlog!(log::ERROR, "{e}; refusing all device allocations");
+                return Self::fail_closed(e.to_string());
+            }
+        };
+        let limits = *region.limits();
+        if limits != wanted && config.has_memory_limit() {
+            hlog!(
+                log::WARN,
+                "{} was created with other limits than this process's environment; the region's apply",
+                region.path().display()
+            );
+        }
+        let mut engine = Self::with_mode(Mode::Enforcing, Some(region));
+        for d in 0..MAX_DEVICES {
+            engine.limits[d] = (limits.memory_bytes[d] != 0).then_some(limits.memory_bytes[d]);
+            engine.sm_limits[d] = u8::try_from(limits.sm_percent[d]).ok().filter(|p| *p != 0);
+        }
+        engine.core_policy = match limits.core_policy {
+            1 => CorePolicy::Force,
+            2 => CorePolicy::Disable,
+            _ => CorePolicy::Default,
+        };
+        hlog!(log::INFO, "enforcing memory limits {:?}", engine.limits);
+        engine
+    }
+
+    pub fn fail_closed(reason: String) -> Self {
+        Self::with_mode(Mode::FailClosed(reason), None)
+    }
+
+    fn with_mode(mode: Mode, region: Option<Region>) -> Self {
+        Self {
+            mode,
+            region,
+            limits: [None; MAX_DEVICES],
+            sm_limits: [None; MAX_DEVICES],
+            core_policy: CorePolicy::Default,
+            tracker: SpinLock::new(HashMap::default()),
+            slot: AtomicUsize::new(NO_SLOT),
+        }
+    }
+
+    pub fn memory_limit(&self, device: usize) -> Option<u64> {
+        self.limits.get(device).copied().flatten()
+    }
+
+    pub fn sm_limit(&self, device: usize) -> Option<u8> {
+        self.sm_limits.get(device).copied().flatten()
+    }
+
+    /// Bytes the whole container uses on `device`.
+    pub fn used(&self, device: usize) -> u64 {
+        match &self.region {
+            Some(r) if device < MAX_DEVICES => r.device_used(device),
+            _ => 0,
+        }
+    }
+
+    pub fn is_enforcing(&self) -> bool {
+        matches!(self.mode, Mode::Enforcing)
+    }
+
+    pub fn region(&self) -> Option<&Region> {
+        self.region.as_ref()
+    }
+
+    /// Charges `bytes` on `device` to this process, or refuses.
+    pub fn reserve(&self, device: usize, bytes: u64) -> Result<(), Refusal> {
+        let region = match (&self.mode, &self.region) {
+            (Mode::Enforcing, Some(r)) => r,
+            (Mode::Disabled, _) => return Ok(()),
+            _ => {
+                hlog!(
+                    log::ERROR,
+                    "refusing a {bytes}-byte allocation: hami-core failed closed"
+                );
+                return Err(Refusal::FailClosed);
+            }
+        };
+        if device >= MAX_DEVICES {
+            return Err(Refusal::OverLimit);
+        }
+        let guard = region.lock();
+        let slot = match self.slot.load(Ordering::Relaxed) {
+            NO_SLOT => {
+                let pid = PID.load(Ordering::Relaxed);
+                let start = process_start_time(pid).unwrap_or(0);
+                match guard.claim_slot(pid, start) {
+                    Ok(s) => {
+                        self.slot.store(s, Ordering::Relaxed);
+                        s
+                    }
+                    Err(e) => {
+                        hlog!(log::ERROR, "{e}");
+                        return Err(Refusal::OverLimit);
+                    }
+                }
+            }
+            s => s,
+        };
+        guard
+            .reserve(slot, device, bytes, self.limits[device])
+            .map_err(|over| {
+                hlog!(
+                    log::WARN,
+                    "device {device}: {bytes} bytes would exceed the limit ({} of {} used)",
+                    over.used,
+                    over.limit
+                );
+                Refusal::OverLimit
+            })
+    }
+
+    pub fn release(&self, device: usize, bytes: u64) {
+        if let (Mode::Enforcing, Some(region), slot) =
+            (&self.mode, &self.region, self.slot.load(Ordering::Relaxed))
+        {
+            if slot != NO_SLOT && device < MAX_DEVICES {
+                region.lock().release(slot, device, bytes);
+            }
+        }
+    }
+
+    pub fn track(&self, kind: Kind, key: u64, charge: Charge) {
+        self.tracker.lock().insert((kind, key), charge);
+    }
+
+    pub fn untrack(&self, kind: Kind, key: u64) -> Option<Charge> {
+        self.tracker.lock().remove(&(kind, key))
+    }
+
+    /// Puts back a charge taken by [`Engine::untrack`] when the driver refused the free.
+    pub fn retrack(&self, kind: Kind, key: u64, charge: Charge) {
+        self.track(kind, key, charge);
+    }
+}
+
+/// Pointers and handles are already well-mixed integers; a multiplicative hash
+/// is enough and far cheaper than SipHash on the allocation path.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64);
+    }
+}
+
+/// A spin lock the fork handler can reset: a std `Mutex` held by another
+/// thread at `fork` would stay locked forever in the child.
+pub struct SpinLock<T> {
+    locked: AtomicBool,
+    value: std::cell::UnsafeCell<T>,
+}
+
+// SAFETY: access to `value` is serialised by `locked`.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    pub fn new(value: T) -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            value: std::cell::UnsafeCell::new(value),
+        }
+    }
+
+    pub fn lock(&self) -> SpinGuard<'_, T> {
+        let mut spins = 0u32;
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        SpinGuard { lock: self }
+    }
+
+    fn force_unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
+pub struct SpinGuard<'a, T> {
+    lock: &'a SpinLock<T>,
+}
+
+impl<T> std::ops::Deref for SpinGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: we hold the lock.
+        unsafe { &*self.lock.value.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for SpinGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: we hold the lock.
+        unsafe { &mut *self.lock.value.get() }
+    }
+}
+
+impl<T> Drop for SpinGuard<'_, T> {
+    fn drop(&mut self) {
+        self.lock.locked.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limited(mib: u64) -> Engine {
+        let mut c = Config::default();
+        c.memory_limit[0] = Some(mib << 20);
+        Engine::new(&c)
+    }
+
+    #[test]
+    fn reserve_track_untrack_release() {
+        let e = limited(1000);
+        for i in 0..10u64 {
+            e.reserve(0, 100 << 20).unwrap();
+            e.track(
+                Kind::Memory,
+                0x1000 + i,
+                Charge {
+                    device: 0,
+                    bytes: 100 << 20,
+                },
+            );
+        }
+        assert_eq!(e.reserve(0, 100 << 20), Err(Refusal::OverLimit));
+        let c = e.untrack(Kind::Memory, 0x1000).unwrap();
+        e.release(c.device, c.bytes);
+        assert_eq!(e.used(0), 900 << 20);
+        assert!(e.untrack(Kind::Memory, 0x1000).is_none());
+        assert!(
+            e.untrack(Kind::Physical, 0x1001).is_none(),
+            "kinds do not collide"
+        );
+    }
+
+    #[test]
+    fn unlimited_devices_still_account() {
+        let e = limited(1);
+        e.reserve(3, 5 << 30).unwrap();
+        assert_eq!(e.used(3), 5 << 30);
+        assert_eq!(e.memory_limit(3), None);
+    }
+
+    #[test]
+    fn fail_closed_refuses_everything() {
+        let e = Engine::fail_closed("test".into());
+        assert_eq!(e.reserve(0, 1), Err(Refusal::FailClosed));
+    }
+
+    #[test]
+    fn disabled_accounts_nothing_and_refuses_nothing() {
+        let e = Engine::new(&Config {
+            disabled: true,
+            ..Config::default()
+        });
+        e.reserve(0, u64::MAX).unwrap();
+        assert_eq!(e.used(0), 0);
+    }
+}

@@ -1,0 +1,124 @@
+//! NVML front end: memory queries report the container's quota as the total and
+//! the container's usage as used, so `nvidia-smi`-style tools inside the
+//! container agree with `cuMemGetInfo`.
+
+#![allow(non_snake_case, non_camel_case_types)]
+// Each exported function's safety contract is that of the driver function it is named after.
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::{c_uint, c_void};
+use std::sync::OnceLock;
+
+use crate::cuda::dlsym::typed_symbol;
+use crate::engine::engine;
+
+type nvmlReturn_t = i32;
+type nvmlDevice_t = *mut c_void;
+const NVML_SUCCESS: nvmlReturn_t = 0;
+const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
+
+#[repr(C)]
+pub struct nvmlMemory_t {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+#[repr(C)]
+pub struct nvmlMemory_v2_t {
+    pub version: c_uint,
+    pub total: u64,
+    pub reserved: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+struct RealNvml {
+    get_memory_info: Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t>,
+    get_memory_info_v2:
+        Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t>,
+    get_index: Option<unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t>,
+}
+
+fn real() -> Option<&'static RealNvml> {
+    static REAL: OnceLock<Option<RealNvml>> = OnceLock::new();
+    REAL.get_or_init(|| {
+        // SAFETY: dlopen with a constant name; the application loaded it already.
+        let h = unsafe { libc::dlopen(c"libnvidia-ml.so.1".as_ptr(), libc::RTLD_NOW) };
+        if h.is_null() {
+            return None;
+        }
+        // SAFETY: a live handle; each field's type is the symbol's ABI.
+        unsafe {
+            Some(RealNvml {
+                get_memory_info: typed_symbol(h, c"nvmlDeviceGetMemoryInfo"),
+                get_memory_info_v2: typed_symbol(h, c"nvmlDeviceGetMemoryInfo_v2"),
+                get_index: typed_symbol(h, c"nvmlDeviceGetIndex"),
+            })
+        }
+    })
+    .as_ref()
+}
+
+/// (total, used, free) for the container on `device`, or None without a limit.
+fn quota_view(device: nvmlDevice_t, real_free: u64) -> Option<(u64, u64, u64)> {
+    let r = real()?;
+    let mut index: c_uint = 0;
+    // SAFETY: writes one uint.
+    if unsafe { r.get_index?(device, &mut index) } != NVML_SUCCESS {
+        return None;
+    }
+    let e = engine();
+    let limit = e.memory_limit(index as usize)?;
+    let used = e.used(index as usize);
+    Some((limit, used, limit.saturating_sub(used).min(real_free)))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_t,
+) -> nvmlReturn_t {
+    let Some(f) = real().and_then(|r| r.get_memory_info) else {
+        return NVML_ERROR_UNINITIALIZED;
+    };
+    // SAFETY: passed through.
+    let rc = unsafe { f(device, memory) };
+    if rc == NVML_SUCCESS {
+        // SAFETY: NVML filled it.
+        let m = unsafe { &mut *memory };
+        if let Some((total, used, free)) = quota_view(device, m.free) {
+            (m.total, m.used, m.free) = (total, used, free);
+        }
+    }
+    rc
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+    device: nvmlDevice_t,
+    memory: *mut nvmlMemory_v2_t,
+) -> nvmlReturn_t {
+    let Some(f) = real().and_then(|r| r.get_memory_info_v2) else {
+        return NVML_ERROR_UNINITIALIZED;
+    };
+    // SAFETY: passed through.
+    let rc = unsafe { f(device, memory) };
+    if rc == NVML_SUCCESS {
+        // SAFETY: NVML filled it.
+        let m = unsafe { &mut *memory };
+        if let Some((total, used, free)) = quota_view(device, m.free) {
+            (m.total, m.used, m.free) = (total, used, free);
+        }
+    }
+    rc
+}
+
+/// Our function for an NVML symbol name (for the `dlsym` override).
+pub fn hook_for_name(name: &[u8]) -> Option<*mut c_void> {
+    match name {
+        b"nvmlDeviceGetMemoryInfo" => Some(nvmlDeviceGetMemoryInfo as *mut c_void),
+        b"nvmlDeviceGetMemoryInfo_v2" => Some(nvmlDeviceGetMemoryInfo_v2 as *mut c_void),
+        _ => None,
+    }
+}
