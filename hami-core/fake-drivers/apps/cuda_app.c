@@ -246,6 +246,19 @@ int main(int argc, char **argv) {
                 count++;
             }
             printf("alloc-until-oom %llu count=%d rc=%d\n", n, count, rc);
+        } else if (strcmp(op, "churn") == 0) {
+            /* alloc/free pairs for MS milliseconds: keeps taking the quota lock. */
+            unsigned long long n = arg_u64(argv, &i, argc), ms = arg_u64(argv, &i, argc);
+            struct timespec t0, t;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            unsigned long long pairs = 0, failures = 0;
+            do {
+                if (api.mem_alloc(&p, n) == CUDA_SUCCESS) failures += api.mem_free(p) != CUDA_SUCCESS;
+                else failures++;
+                pairs++;
+                clock_gettime(CLOCK_MONOTONIC, &t);
+            } while ((unsigned long long)((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000) < ms);
+            printf("churn pairs=%llu failures=%llu\n", pairs, failures);
         } else if (strcmp(op, "free-all") == 0) {
             int failures = 0;
             while (nlive > 0) failures += api.mem_free(live[--nlive]) != CUDA_SUCCESS;

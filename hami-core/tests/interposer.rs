@@ -1,0 +1,421 @@
+//! hami-core in real processes: the fake driver and the test application are
+//! built with gcc, and libhami_core.so is loaded with a real LD_PRELOAD.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use hami_testkit::need::{require, Need};
+
+const MIB: u64 = 1 << 20;
+const HUNDRED_MIB: &str = "104857600";
+
+struct Fixture {
+    /// Fake libcuda.so.1 / libnvidia-ml.so.1 and the cuda_app binaries.
+    dir: PathBuf,
+    preload: PathBuf,
+}
+
+fn needs(test: &str) -> bool {
+    require(test, &[Need::Binary("gcc"), Need::Binary("bash")])
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        // Under target/tmp, so repeated runs do not litter the system temp dir.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake-cuda-{}", std::process::id()));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-drivers/build.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .arg("--apps")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "build.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fixture {
+            dir,
+            preload: preload_library(),
+        }
+    })
+}
+
+/// The cdylib cargo built for this test run. It lives beside the test binary in
+/// target/<profile>/deps/; the copy in target/<profile>/ is only refreshed by
+/// `cargo build`, so under `cargo test` it can be stale or missing.
+fn preload_library() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let lib = exe.parent().unwrap().join("libhami_core.so");
+    assert!(lib.is_file(), "{} not built", lib.display());
+    lib
+}
+
+/// The test app with hami-core preloaded, a 1000 MiB limit and a clean CUDA environment.
+fn app(resolve: &str) -> Command {
+    let fx = fixture();
+    let binary = if resolve == "direct" {
+        "cuda_app_direct"
+    } else {
+        "cuda_app"
+    };
+    let mut c = Command::new(fx.dir.join(binary));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CUDA_")
+            || k.starts_with("FAKE_CUDA")
+            || k.starts_with("APP_")
+            || k == "LD_PRELOAD"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("LD_LIBRARY_PATH", &fx.dir)
+        .env("LD_PRELOAD", &fx.preload)
+        .env("FAKE_CUDA_TOTAL_MEMORY", "8g")
+        .env("CUDA_DEVICE_MEMORY_LIMIT", "1000m");
+    if resolve != "direct" {
+        c.env("APP_RESOLVE", resolve);
+    }
+    c
+}
+
+fn run(cmd: &mut Command) -> (String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    );
+    assert!(status.success(), "app failed ({status}):\n{out}\n{err}");
+    (out, err)
+}
+
+/// The `rc=` of every output line that starts with `op `.
+fn rcs(stdout: &str, op: &str) -> Vec<i32> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{op} ")))
+        .map(|l| l.rsplit("rc=").next().unwrap().trim().parse().unwrap())
+        .collect()
+}
+
+/// `key=<number>` from the first line starting with `prefix`.
+fn field(stdout: &str, prefix: &str, key: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {stdout}"));
+    let start = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + key.len()
+        + 1;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn ten_then_oom() -> Vec<i32> {
+    let mut v = vec![0; 10];
+    v.push(2);
+    v
+}
+
+#[test]
+fn a_1000m_limit_allows_ten_100mib_allocations_on_every_path() {
+    if !needs("a_1000m_limit_allows_ten_100mib_allocations_on_every_path") {
+        return;
+    }
+    // (resolution, per-thread-stream flag, operation and its arguments)
+    let cases: &[(&str, bool, &[&str])] = &[
+        ("procaddress", false, &["alloc", HUNDRED_MIB]),
+        ("dlsym", false, &["alloc", HUNDRED_MIB]),
+        ("direct", false, &["alloc", HUNDRED_MIB]),
+        ("procaddress", false, &["managed", HUNDRED_MIB]),
+        ("procaddress", false, &["async", HUNDRED_MIB]),
+        ("procaddress", true, &["async", HUNDRED_MIB]),
+        ("direct", false, &["async", HUNDRED_MIB]),
+        ("procaddress", false, &["pool", HUNDRED_MIB]),
+        ("procaddress", true, &["pool", HUNDRED_MIB]),
+        ("procaddress", false, &["vmm", HUNDRED_MIB]),
+        ("dlsym", false, &["vmm", HUNDRED_MIB]),
+        // 1000-byte rows padded to 1024: 100 MiB per allocation.
+        ("procaddress", false, &["pitch", "1000", "102400"]),
+        // 6553600 float4 texels = 100 MiB.
+        ("procaddress", false, &["array", "6553600", "1"]),
+        ("procaddress", false, &["array3d", "6553600", "1", "1"]),
+    ];
+    for (resolve, ptds, op) in cases {
+        let mut cmd = app(resolve);
+        if *ptds {
+            cmd.env("APP_PTDS", "1");
+        }
+        for _ in 0..11 {
+            cmd.args(*op);
+        }
+        let (out, _) = run(&mut cmd);
+        assert_eq!(
+            rcs(&out, op[0]),
+            ten_then_oom(),
+            "{resolve} ptds={ptds} {op:?}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn freeing_returns_quota_on_every_path() {
+    if !needs("freeing_returns_quota_on_every_path") {
+        return;
+    }
+    for (alloc, free) in [
+        ("alloc", "free-all"),
+        ("async", "free-async-all"),
+        ("vmm", "vmm-release-all"),
+    ] {
+        let mut cmd = app("procaddress");
+        for _ in 0..10 {
+            cmd.args([alloc, HUNDRED_MIB]);
+        }
+        cmd.args([free, alloc, HUNDRED_MIB, "info"]);
+        let (out, _) = run(&mut cmd);
+        assert_eq!(rcs(&out, alloc), vec![0; 11], "{alloc}/{free}:\n{out}");
+        assert_eq!(field(&out, "info", "free"), 900 * MIB, "{out}");
+    }
+}
+
+#[test]
+fn memory_info_reports_the_quota_through_cuda_and_nvml() {
+    if !needs("memory_info_reports_the_quota_through_cuda_and_nvml") {
+        return;
+    }
+    let (out, _) = run(app("procaddress")
+        .args([
+            "alloc",
+            HUNDRED_MIB,
+            "alloc",
+            HUNDRED_MIB,
+            "alloc",
+            HUNDRED_MIB,
+        ])
+        .args(["info", "totalmem", "nvml-info", "legacy-info"]));
+    assert_eq!(field(&out, "info", "total"), 1000 * MIB);
+    assert_eq!(field(&out, "info", "free"), 700 * MIB);
+    assert_eq!(field(&out, "totalmem", "total"), 1000 * MIB);
+    assert_eq!(field(&out, "nvml-info", "total"), 1000 * MIB);
+    assert_eq!(field(&out, "nvml-info", "used"), 300 * MIB);
+    assert_eq!(field(&out, "nvml-info", "free"), 700 * MIB);
+    assert_eq!(field(&out, "nvml-info", "v2-used"), 300 * MIB);
+    // The pre-3.2 entry point writes 32-bit values and nothing else.
+    assert!(
+        out.contains("legacy-info free=734003200 total=1048576000 guards=intact rc=0"),
+        "{out}"
+    );
+
+    // Without a limit the device's own numbers show through.
+    let (out, _) = run(app("procaddress")
+        .env_remove("CUDA_DEVICE_MEMORY_LIMIT")
+        .args(["info", "nvml-info"]));
+    assert_eq!(field(&out, "info", "total"), 8192 * MIB);
+    assert_eq!(field(&out, "nvml-info", "total"), 8192 * MIB);
+}
+
+#[test]
+fn two_processes_share_one_quota() {
+    if !needs("two_processes_share_one_quota") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("vgpu.cache");
+    let mut first = app("procaddress");
+    first.env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region);
+    for _ in 0..6 {
+        first.args(["alloc", HUNDRED_MIB]);
+    }
+    let mut holder = spawn_until_ready(first.args(["ready", "pause"]));
+
+    let (out, _) = run(app("dlsym")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(["info", "alloc-until-oom", HUNDRED_MIB]));
+    assert_eq!(field(&out, "info", "free"), 400 * MIB, "{out}");
+    assert_eq!(field(&out, "alloc-until-oom", "count"), 4, "{out}");
+
+    // Once the first process is gone its 600 MiB come back.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let (out, _) = run(app("direct")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(["alloc-until-oom", HUNDRED_MIB]));
+    assert_eq!(field(&out, "alloc-until-oom", "count"), 10, "{out}");
+}
+
+/// Starts `cmd` and waits for its `ready` line.
+fn spawn_until_ready(cmd: &mut Command) -> Child {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line == "ready" {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            return child;
+        }
+    }
+    panic!("child exited before ready:\n{seen}");
+}
+
+#[test]
+fn sigkill_in_the_middle_of_allocating_is_recovered() {
+    if !needs("sigkill_in_the_middle_of_allocating_is_recovered") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("vgpu.cache");
+    // Victims hold 500 MiB and churn 1 MiB alloc/free pairs (taking the region
+    // lock tens of thousands of times a second) when they are SIGKILLed.
+    for delay_ms in [40, 90, 150, 220, 300] {
+        let mut victim = spawn_until_ready(
+            app("procaddress")
+                .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+                .args(["alloc", "524288000", "ready", "churn", "1048576", "10000"]),
+        );
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+    }
+    // A survivor gets the whole quota, without hanging on a dead lock owner.
+    let mut survivor = app("procaddress");
+    survivor
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(["alloc-until-oom", HUNDRED_MIB]);
+    let out = hami_testkit::process::run_with_timeout(&mut survivor, Duration::from_secs(30))
+        .expect("survivor hung");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(field(&stdout, "alloc-until-oom", "count"), 10, "{stdout}");
+}
+
+#[test]
+fn invalid_limits_fail_closed_with_a_clear_message() {
+    if !needs("invalid_limits_fail_closed_with_a_clear_message") {
+        return;
+    }
+    for (var, value) in [
+        ("CUDA_DEVICE_MEMORY_LIMIT", "4Gi"),
+        ("CUDA_DEVICE_MEMORY_LIMIT_0", "1.5g"),
+        ("CUDA_DEVICE_SM_LIMIT", "250"),
+    ] {
+        let (out, err) = run(app("procaddress")
+            .env(var, value)
+            .args(["alloc", "1", "async", "1", "vmm", "2097152"]));
+        assert_eq!(rcs(&out, "alloc"), vec![2], "{var}={value}: {out}");
+        assert_eq!(rcs(&out, "async"), vec![2], "{out}");
+        assert_eq!(rcs(&out, "vmm"), vec![2], "{out}");
+        assert!(
+            err.contains(var) && err.contains(value),
+            "stderr does not name {var}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_region_fails_closed() {
+    if !needs("a_corrupt_region_fails_closed") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let region = dir.path().join("vgpu.cache");
+    std::fs::write(&region, vec![0x5a; 204_800]).unwrap();
+    let (out, err) = run(app("procaddress")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(["alloc", "1"]));
+    assert_eq!(rcs(&out, "alloc"), vec![2], "{out}");
+    assert!(err.contains("corrupt") && err.contains("magic"), "{err}");
+
+    std::fs::write(&region, b"short").unwrap();
+    let (out, err) = run(app("procaddress")
+        .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
+        .args(["alloc", "1"]));
+    assert_eq!(rcs(&out, "alloc"), vec![2], "{out}");
+    assert!(err.contains("size is 5 bytes"), "{err}");
+}
+
+#[test]
+fn disable_control_passes_everything_through() {
+    if !needs("disable_control_passes_everything_through") {
+        return;
+    }
+    let (out, _) = run(app("procaddress")
+        .env("CUDA_DISABLE_CONTROL", "true")
+        .args(["alloc-until-oom", HUNDRED_MIB]));
+    // The 8 GiB fake device, not the 1000 MiB limit, is what runs out.
+    assert_eq!(field(&out, "alloc-until-oom", "count"), 81, "{out}");
+}
+
+/// Another preloaded library that wraps `puts` with `dlsym(RTLD_NEXT, "puts")`
+/// must get libc's `puts`, not its own: our `dlsym` must not change whose
+/// "next" it is.
+#[test]
+fn rtld_next_stays_relative_to_its_real_caller() {
+    if !needs("rtld_next_stays_relative_to_its_real_caller") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shim = hami_testkit::cc::compile(
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int puts(const char *s) {
+    int (*next)(const char *) = (int (*)(const char *))dlsym(RTLD_NEXT, "puts");
+    if (next == NULL || next == puts) {
+        fprintf(stderr, "RTLD_NEXT gave %s\n", next ? "the caller itself" : "nothing");
+        _exit(42);
+    }
+    fputs("[shim] ", stdout);
+    return next(s);
+}
+"#,
+        &dir.path().join("libshim.so"),
+        hami_testkit::cc::Artifact::SharedLibrary,
+        &["-ldl"],
+    )
+    .unwrap();
+    let hello = hami_testkit::cc::compile(
+        "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
+        &dir.path().join("hello"),
+        hami_testkit::cc::Artifact::Executable,
+        &[],
+    )
+    .unwrap();
+    let out = Command::new(&hello)
+        .env(
+            "LD_PRELOAD",
+            format!("{} {}", fixture().preload.display(), shim.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[shim] hello\n");
+}
