@@ -279,7 +279,8 @@ fn spawn_until_ready(cmd: &mut Command) -> Child {
             return child;
         }
     }
-    panic!("child exited before ready:\n{seen}");
+    let status = child.wait().unwrap();
+    panic!("child exited ({status}) before ready:\n{seen}");
 }
 
 #[test]
