@@ -1,131 +1,13 @@
 //! hami-core in real processes: the fake driver and the test application are
 //! built with gcc, and libhami_core.so is loaded with a real LD_PRELOAD.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hami_testkit::need::{require, Need};
-
-const MIB: u64 = 1 << 20;
-const HUNDRED_MIB: &str = "104857600";
-
-struct Fixture {
-    /// Fake libcuda.so.1 / libnvidia-ml.so.1 and the cuda_app binaries.
-    dir: PathBuf,
-    preload: PathBuf,
-}
-
-fn needs(test: &str) -> bool {
-    require(test, &[Need::Binary("gcc"), Need::Binary("bash")])
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        // Under target/tmp, so repeated runs do not litter the system temp dir.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("fake-cuda-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-drivers/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .arg("--apps")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "build.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Fixture {
-            dir,
-            preload: preload_library(),
-        }
-    })
-}
-
-/// The cdylib cargo built for this test run. It lives beside the test binary in
-/// target/<profile>/deps/; the copy in target/<profile>/ is only refreshed by
-/// `cargo build`, so under `cargo test` it can be stale or missing.
-fn preload_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let lib = exe.parent().unwrap().join("libhami_core.so");
-    assert!(lib.is_file(), "{} not built", lib.display());
-    lib
-}
-
-/// The test app with hami-core preloaded, a 1000 MiB limit and a clean CUDA environment.
-fn app(resolve: &str) -> Command {
-    let fx = fixture();
-    let binary = if resolve == "direct" {
-        "cuda_app_direct"
-    } else {
-        "cuda_app"
-    };
-    let mut c = Command::new(fx.dir.join(binary));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUDA_")
-            || k.starts_with("FAKE_CUDA")
-            || k.starts_with("APP_")
-            || k == "LD_PRELOAD"
-        {
-            c.env_remove(k);
-        }
-    }
-    c.env("LD_LIBRARY_PATH", &fx.dir)
-        .env("LD_PRELOAD", &fx.preload)
-        .env("FAKE_CUDA_TOTAL_MEMORY", "8g")
-        .env("CUDA_DEVICE_MEMORY_LIMIT", "1000m");
-    if resolve != "direct" {
-        c.env("APP_RESOLVE", resolve);
-    }
-    c
-}
-
-fn run(cmd: &mut Command) -> (String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    );
-    assert!(status.success(), "app failed ({status}):\n{out}\n{err}");
-    (out, err)
-}
-
-/// The `rc=` of every output line that starts with `op `.
-fn rcs(stdout: &str, op: &str) -> Vec<i32> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with(&format!("{op} ")))
-        .map(|l| l.rsplit("rc=").next().unwrap().trim().parse().unwrap())
-        .collect()
-}
-
-/// `key=<number>` from the first line starting with `prefix`.
-fn field(stdout: &str, prefix: &str, key: &str) -> u64 {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} in {stdout}"));
-    let start = line
-        .find(&format!("{key}="))
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-        + key.len()
-        + 1;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
+use support::{app, field, fixture, needs, rcs, run, HUNDRED_MIB, MIB};
 
 fn ten_then_oom() -> Vec<i32> {
     let mut v = vec![0; 10];
