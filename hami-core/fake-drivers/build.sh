@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the fake driver libraries into OUT_DIR (and with --apps the test
-# application, cuda_app and cuda_app_direct): libcuda.so.1 and
+# application, cuda_app and cuda_app_direct, and bench_app): libcuda.so.1 and
 # libnvidia-ml.so.1 (plus the unversioned names applications link against).
 set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR [--apps]}
@@ -16,4 +16,5 @@ ln -sf libnvidia-ml.so.1 "$out/libnvidia-ml.so"
 if [ "${2:-}" = "--apps" ]; then
     gcc -O2 -Wall -Werror -o "$out/cuda_app" "$src/apps/cuda_app.c" -ldl
     gcc -O2 -Wall -Werror -DDIRECT -o "$out/cuda_app_direct" "$src/apps/cuda_app.c" -L"$out" -lcuda -ldl
+    gcc -O2 -Wall -Werror -o "$out/bench_app" "$src/apps/bench_app.c" -L"$out" -lcuda
 fi
