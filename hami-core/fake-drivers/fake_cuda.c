@@ -533,6 +533,12 @@ static CUresult launch(unsigned gx, unsigned gy, unsigned gz) {
         next = (old > now ? old : now) + ns;
     } while (!atomic_compare_exchange_weak(until, &old, next));
     account_busy(device, ns);
+    /* A full hardware queue makes the launch itself wait. */
+    if (next > now + c->queue_ns) {
+        uint64_t d = next - c->queue_ns - now;
+        struct timespec ts = {(time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL)};
+        nanosleep(&ts, NULL);
+    }
     return CUDA_SUCCESS;
 }
 

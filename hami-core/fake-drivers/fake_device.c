@@ -39,6 +39,7 @@ static void init(void) {
     const char *sm = getenv("FAKE_CUDA_SM_COUNT");
     config.sm_count = sm ? atoi(sm) : 132;
     config.ns_per_block = parse_size(getenv("FAKE_CUDA_NS_PER_BLOCK"), 1000);
+    config.queue_ns = parse_size(getenv("FAKE_CUDA_QUEUE_NS"), 20000000);
 
     const char *path = getenv("FAKE_CUDA_STATE");
     void *mem = MAP_FAILED;
@@ -54,8 +55,24 @@ static void init(void) {
             fprintf(stderr, "fake-cuda: cannot open %s: %s\n", path, strerror(errno));
         }
     }
-    if (mem == MAP_FAILED)
-        mem = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        /* No state file: the device is private to this process, but libcuda and
+         * libnvidia-ml each carry this code and must still see one device. The
+         * first to get here publishes its mapping for the other. */
+        char key[64];
+        const char *published = getenv("HAMI_FAKE_CUDA_STATE_ADDR");
+        unsigned long pid = 0;
+        void *addr = NULL;
+        if (published && sscanf(published, "%lu:%p", &pid, &addr) == 2 && pid == (unsigned long)getpid()) {
+            mem = addr;
+        } else {
+            mem = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+            if (mem != MAP_FAILED) {
+                snprintf(key, sizeof key, "%lu:%p", (unsigned long)getpid(), mem);
+                setenv("HAMI_FAKE_CUDA_STATE_ADDR", key, 1);
+            }
+        }
+    }
     state = mem == MAP_FAILED ? NULL : mem;
 }
 

@@ -9,6 +9,8 @@
  *   FAKE_CUDA_TOTAL_MEMORY  bytes per device, k/m/g suffixes allowed (default 8g)
  *   FAKE_CUDA_SM_COUNT      multiprocessors per device (default 132)
  *   FAKE_CUDA_NS_PER_BLOCK  simulated run time of one thread block (default 1000)
+ *   FAKE_CUDA_QUEUE_NS      queued work after which a launch blocks, like a full
+ *                           hardware queue (default 20000000, i.e. 20 ms)
  */
 #ifndef HAMI_FAKE_DEVICE_H
 #define HAMI_FAKE_DEVICE_H
@@ -40,6 +42,7 @@ struct fake_config {
     uint64_t total_memory;
     int sm_count;
     uint64_t ns_per_block;
+    uint64_t queue_ns;
 };
 
 const struct fake_config *fake_config(void);

@@ -103,7 +103,7 @@ static pthread_mutex_t sample_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static unsigned int percent(uint64_t busy, uint64_t elapsed) {
     if (elapsed == 0) return 0;
-    uint64_t p = busy * 100 / elapsed;
+    uint64_t p = (busy * 100 + elapsed / 2) / elapsed; /* rounded, not truncated */
     return p > 100 ? 100 : (unsigned int)p;
 }
 

@@ -6,13 +6,15 @@
 //! - [`region`]: the shared accounting region every process of the container maps;
 //! - [`engine`]: reserve-before-allocate accounting and pointer tracking;
 //! - [`cuda`]: the exported driver entry points, `cuGetProcAddress` and the `dlsym` override;
-//! - [`nvml`]: NVML memory queries that show the quota.
+//! - [`nvml`]: NVML memory queries that show the quota;
+//! - [`limiter`]: the compute share, a closed loop on kernel launches fed by NVML.
 //!
-//! Not implemented yet: the compute-share limiter and the Ascend front end.
+//! Not implemented yet: the Ascend front end.
 
 pub mod config;
 pub mod cuda;
 pub mod engine;
+pub mod limiter;
 pub mod log;
 pub mod nvml;
 pub mod region;

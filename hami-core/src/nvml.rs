@@ -13,8 +13,8 @@ use crate::cuda::dlsym::typed_symbol;
 use crate::engine::engine;
 
 type nvmlReturn_t = i32;
-type nvmlDevice_t = *mut c_void;
-const NVML_SUCCESS: nvmlReturn_t = 0;
+pub type nvmlDevice_t = *mut c_void;
+pub const NVML_SUCCESS: nvmlReturn_t = 0;
 const NVML_ERROR_UNINITIALIZED: nvmlReturn_t = 1;
 
 #[repr(C)]
@@ -33,14 +33,53 @@ pub struct nvmlMemory_v2_t {
     pub used: u64,
 }
 
-struct RealNvml {
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ProcessUtilizationSample {
+    pub pid: c_uint,
+    pub time_stamp: u64,
+    pub sm_util: c_uint,
+    pub mem_util: c_uint,
+    pub enc_util: c_uint,
+    pub dec_util: c_uint,
+}
+
+/// `nvmlUtilization_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Utilization {
+    pub gpu: c_uint,
+    pub memory: c_uint,
+}
+
+type ProcessUtilizationFn = unsafe extern "C" fn(
+    nvmlDevice_t,
+    *mut ProcessUtilizationSample,
+    *mut c_uint,
+    u64,
+) -> nvmlReturn_t;
+
+/// The real NVML entry points hami-core calls.
+pub struct RealNvml {
+    pub init: Option<unsafe extern "C" fn() -> nvmlReturn_t>,
+    pub get_handle_by_index:
+        Option<unsafe extern "C" fn(c_uint, *mut nvmlDevice_t) -> nvmlReturn_t>,
+    pub get_process_utilization: Option<ProcessUtilizationFn>,
+    pub get_utilization_rates:
+        Option<unsafe extern "C" fn(nvmlDevice_t, *mut Utilization) -> nvmlReturn_t>,
     get_memory_info: Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t>,
     get_memory_info_v2:
         Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t>,
     get_index: Option<unsafe extern "C" fn(nvmlDevice_t, *mut c_uint) -> nvmlReturn_t>,
 }
 
-fn real() -> Option<&'static RealNvml> {
+// SAFETY: function pointers only.
+unsafe impl Send for RealNvml {}
+unsafe impl Sync for RealNvml {}
+
+/// Real NVML, loaded on first use; `None` when libnvidia-ml.so.1 is absent.
+pub fn real() -> Option<&'static RealNvml> {
     static REAL: OnceLock<Option<RealNvml>> = OnceLock::new();
     REAL.get_or_init(|| {
         // SAFETY: dlopen with a constant name; the application loaded it already.
@@ -51,6 +90,10 @@ fn real() -> Option<&'static RealNvml> {
         // SAFETY: a live handle; each field's type is the symbol's ABI.
         unsafe {
             Some(RealNvml {
+                init: typed_symbol(h, c"nvmlInit_v2"),
+                get_handle_by_index: typed_symbol(h, c"nvmlDeviceGetHandleByIndex_v2"),
+                get_process_utilization: typed_symbol(h, c"nvmlDeviceGetProcessUtilization"),
+                get_utilization_rates: typed_symbol(h, c"nvmlDeviceGetUtilizationRates"),
                 get_memory_info: typed_symbol(h, c"nvmlDeviceGetMemoryInfo"),
                 get_memory_info_v2: typed_symbol(h, c"nvmlDeviceGetMemoryInfo_v2"),
                 get_index: typed_symbol(h, c"nvmlDeviceGetIndex"),

@@ -23,7 +23,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <stdint.h>
+#include <sys/mman.h>
+
 #include "../cuda_abi.h"
+#include "../fake_device.h"
 
 typedef CUresult (*proc_v2_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
 
@@ -54,6 +59,10 @@ static struct {
     CUresult (*ipc_close)(CUdeviceptr);
     CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
                        void **, void **);
+    CUresult (*launch_ex)(const CUlaunchConfig *, CUfunction, void **, void **);
+    CUresult (*launch_coop)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                            CUstream, void **);
+    CUresult (*graph_launch)(CUgraphExec, CUstream);
     CUresult (*sync)(void);
 } api;
 
@@ -90,6 +99,10 @@ CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *, CUipcMemHandle, unsigned int);
 CUresult cuIpcCloseMemHandle(CUdeviceptr);
 CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
                         void **, void **);
+CUresult cuLaunchKernelEx(const CUlaunchConfig *, CUfunction, void **, void **);
+CUresult cuLaunchCooperativeKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                   CUstream, void **);
+CUresult cuGraphLaunch(CUgraphExec, CUstream);
 CUresult cuCtxSynchronize(void);
 #define BIND(field, base, versioned) api.field = (void *)versioned
 #else
@@ -156,6 +169,9 @@ static void bind_all(void) {
     BIND(ipc_open, "cuIpcOpenMemHandle", cuIpcOpenMemHandle_v2);
     BIND(ipc_close, "cuIpcCloseMemHandle", cuIpcCloseMemHandle);
     BIND(launch, "cuLaunchKernel", cuLaunchKernel);
+    BIND(launch_ex, "cuLaunchKernelEx", cuLaunchKernelEx);
+    BIND(launch_coop, "cuLaunchCooperativeKernel", cuLaunchCooperativeKernel);
+    BIND(graph_launch, "cuGraphLaunch", cuGraphLaunch);
     BIND(sync, "cuCtxSynchronize", cuCtxSynchronize);
 }
 
@@ -194,6 +210,61 @@ static void legacy_info(void) {
     CUresult rc = fn(&s.free_bytes, &s.total_bytes);
     printf("legacy-info free=%u total=%u guards=%s rc=%d\n", s.free_bytes, s.total_bytes,
            s.guard0 == 0xdeadbeef && s.guard1 == 0xdeadbeef && s.guard2 == 0xdeadbeef ? "intact" : "CLOBBERED", rc);
+}
+
+/* This process's kernel time on device 0 so far, from the fake device's own
+ * books (FAKE_CUDA_STATE): the ground truth a limiter is judged against. */
+static uint64_t my_busy_ns(void) {
+    static struct fake_state *st;
+    if (!st) {
+        const char *path = getenv("FAKE_CUDA_STATE");
+        int fd = path ? open(path, O_RDONLY) : -1;
+        if (fd < 0) {
+            fprintf(stderr, "cuda_app: saturate needs FAKE_CUDA_STATE\n");
+            exit(2);
+        }
+        st = mmap(NULL, sizeof *st, PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (st == MAP_FAILED) exit(2);
+    }
+    for (int i = 0; i < FAKE_MAX_PROCS; i++)
+        if (__atomic_load_n(&st->dev[0].procs[i].pid, __ATOMIC_ACQUIRE) == (uint32_t)getpid())
+            return __atomic_load_n(&st->dev[0].procs[i].busy_ns_total, __ATOMIC_ACQUIRE);
+    return 0;
+}
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Launch as fast as allowed for `seconds`, printing the device share this
+ * process got in each whole second. */
+static void saturate(const char *kind, unsigned long long seconds, unsigned blocks) {
+    CUlaunchConfig cfg = {blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, 0};
+    double start = mono_s(), mark = start;
+    uint64_t busy_mark = my_busy_ns();
+    int second = 0;
+    while (second < (int)seconds) {
+        CUresult rc;
+        if (strcmp(kind, "ex") == 0) rc = api.launch_ex(&cfg, NULL, NULL, NULL);
+        else if (strcmp(kind, "coop") == 0) rc = api.launch_coop(NULL, blocks, 1, 1, 128, 1, 1, 0, NULL, NULL);
+        else if (strcmp(kind, "graph") == 0) rc = api.graph_launch(NULL, NULL);
+        else rc = api.launch(NULL, blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, NULL);
+        if (rc != CUDA_SUCCESS) {
+            printf("saturate rc=%d\n", rc);
+            return;
+        }
+        double t = mono_s();
+        if (t - mark >= 1.0) {
+            uint64_t busy = my_busy_ns();
+            printf("util second=%d percent=%.2f\n", second++, (double)(busy - busy_mark) / ((t - mark) * 1e7));
+            mark = t;
+            busy_mark = busy;
+        }
+    }
+    printf("saturate rc=0\n");
 }
 
 static void nvml_info(void) {
@@ -357,6 +428,10 @@ int main(int argc, char **argv) {
             unsigned long long blocks = arg_u64(argv, &i, argc);
             rc = api.launch(NULL, (unsigned)blocks, 1, 1, 128, 1, 1, 0, stream, NULL, NULL);
             printf("launch %llu rc=%d\n", blocks, rc);
+        } else if (strcmp(op, "saturate") == 0) {
+            const char *kind = i + 1 < argc ? argv[++i] : "kernel";
+            unsigned long long secs = arg_u64(argv, &i, argc), blocks = arg_u64(argv, &i, argc);
+            saturate(kind, secs, (unsigned)blocks);
         } else if (strcmp(op, "sync") == 0) {
             printf("sync rc=%d\n", api.sync());
         } else if (strcmp(op, "sleep-ms") == 0) {

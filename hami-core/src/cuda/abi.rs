@@ -12,6 +12,23 @@ pub type CUmemoryPool = *mut c_void;
 pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
+pub type CUfunction = *mut c_void;
+pub type CUgraphExec = *mut c_void;
+
+/// `CUlaunchConfig`: the grid is all the limiter needs.
+#[repr(C)]
+pub struct CUlaunchConfig {
+    pub grid_dim_x: u32,
+    pub grid_dim_y: u32,
+    pub grid_dim_z: u32,
+    pub block_dim_x: u32,
+    pub block_dim_y: u32,
+    pub block_dim_z: u32,
+    pub shared_mem_bytes: u32,
+    pub h_stream: CUstream,
+    pub attrs: *mut c_void,
+    pub num_attrs: u32,
+}
 
 pub const CUDA_SUCCESS: CUresult = 0;
 pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;

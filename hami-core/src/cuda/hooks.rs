@@ -13,7 +13,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use super::abi::*;
-use super::real::{real, real_symbol};
+use super::real::{current_device, real, real_symbol};
 use crate::engine::{engine, Charge, Kind};
 
 macro_rules! real_fn {
@@ -23,16 +23,6 @@ macro_rules! real_fn {
             None => return CUDA_ERROR_NOT_INITIALIZED,
         }
     };
-}
-
-/// The device of the calling thread's current context (0 without one).
-fn current_device() -> usize {
-    let mut device: CUdevice = 0;
-    match real().and_then(|r| r.ctx_get_device) {
-        // SAFETY: writes one int.
-        Some(f) if unsafe { f(&mut device) } == CUDA_SUCCESS && device >= 0 => device as usize,
-        _ => 0,
-    }
 }
 
 /// Reserve `bytes`, run the driver call, then track the result or give the bytes back.
@@ -537,6 +527,224 @@ pub unsafe extern "C" fn cuIpcCloseMemHandle(dptr: CUdeviceptr) -> CUresult {
     uncharged(Kind::IpcImport, dptr, || unsafe { f(dptr) })
 }
 
+// ---- kernel launches: the compute-share limiter decides when they may go ------------
+
+use crate::limiter::{admit, grid_cost, GRAPH_COST};
+
+type LaunchFn = unsafe extern "C" fn(
+    CUfunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
+type LaunchExFn = unsafe extern "C" fn(
+    *const CUlaunchConfig,
+    CUfunction,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
+type CooperativeFn = unsafe extern "C" fn(
+    CUfunction,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
+) -> CUresult;
+type GraphLaunchFn = unsafe extern "C" fn(CUgraphExec, CUstream) -> CUresult;
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn launch(
+    f: LaunchFn,
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    admit(grid_cost(gx, gy, gz));
+    // SAFETY: passed through.
+    unsafe { f(func, gx, gy, gz, bx, by, bz, shared, stream, params, extra) }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchKernel(
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    let f = real_fn!(launch_kernel);
+    // SAFETY: passed through.
+    unsafe {
+        launch(
+            f, func, gx, gy, gz, bx, by, bz, shared, stream, params, extra,
+        )
+    }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchKernel_ptsz(
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    let f = real_fn!(launch_kernel_ptsz);
+    // SAFETY: passed through.
+    unsafe {
+        launch(
+            f, func, gx, gy, gz, bx, by, bz, shared, stream, params, extra,
+        )
+    }
+}
+
+unsafe fn launch_ex(
+    f: LaunchExFn,
+    config: *const CUlaunchConfig,
+    func: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's config, read if present.
+    if let Some(c) = unsafe { config.as_ref() } {
+        admit(grid_cost(c.grid_dim_x, c.grid_dim_y, c.grid_dim_z));
+    }
+    // SAFETY: passed through.
+    unsafe { f(config, func, params, extra) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx(
+    config: *const CUlaunchConfig,
+    func: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: passed through.
+    unsafe { launch_ex(real_fn!(launch_kernel_ex), config, func, params, extra) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernelEx_ptsz(
+    config: *const CUlaunchConfig,
+    func: CUfunction,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: passed through.
+    unsafe { launch_ex(real_fn!(launch_kernel_ex_ptsz), config, func, params, extra) }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn cooperative(
+    f: CooperativeFn,
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+) -> CUresult {
+    admit(grid_cost(gx, gy, gz));
+    // SAFETY: passed through.
+    unsafe { f(func, gx, gy, gz, bx, by, bz, shared, stream, params) }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+) -> CUresult {
+    let f = real_fn!(launch_cooperative_kernel);
+    // SAFETY: passed through.
+    unsafe { cooperative(f, func, gx, gy, gz, bx, by, bz, shared, stream, params) }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
+    func: CUfunction,
+    gx: c_uint,
+    gy: c_uint,
+    gz: c_uint,
+    bx: c_uint,
+    by: c_uint,
+    bz: c_uint,
+    shared: c_uint,
+    stream: CUstream,
+    params: *mut *mut c_void,
+) -> CUresult {
+    let f = real_fn!(launch_cooperative_kernel_ptsz);
+    // SAFETY: passed through.
+    unsafe { cooperative(f, func, gx, gy, gz, bx, by, bz, shared, stream, params) }
+}
+
+/// A graph hides its kernels; it is charged a fixed cost, which the limiter's
+/// learned blocks-to-utilization factor converts like any other.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch(graph: CUgraphExec, stream: CUstream) -> CUresult {
+    let f: GraphLaunchFn = real_fn!(graph_launch);
+    admit(GRAPH_COST);
+    // SAFETY: passed through.
+    unsafe { f(graph, stream) }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch_ptsz(graph: CUgraphExec, stream: CUstream) -> CUresult {
+    let f: GraphLaunchFn = real_fn!(graph_launch_ptsz);
+    admit(GRAPH_COST);
+    // SAFETY: passed through.
+    unsafe { f(graph, stream) }
+}
+
 // ---- cuGetProcAddress: hand out hooks with the ABI the caller asked for -------------
 
 /// Maps a real driver entry point to our hook with the same ABI, if we have one.
@@ -641,6 +849,14 @@ hooked!(
     cuMipmappedArrayDestroy,
     cuIpcOpenMemHandle_v2,
     cuIpcCloseMemHandle,
+    cuLaunchKernel,
+    cuLaunchKernel_ptsz,
+    cuLaunchKernelEx,
+    cuLaunchKernelEx_ptsz,
+    cuLaunchCooperativeKernel,
+    cuLaunchCooperativeKernel_ptsz,
+    cuGraphLaunch,
+    cuGraphLaunch_ptsz,
     cuGetProcAddress,
     cuGetProcAddress_v2,
 );

@@ -56,6 +56,15 @@ real_table! {
     ipc_close_mem_handle = "cuIpcCloseMemHandle": fn(CUdeviceptr);
     get_proc_address = "cuGetProcAddress": fn(*const c_char, *mut *mut c_void, c_int, u64);
     get_proc_address_v2 = "cuGetProcAddress_v2": fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int);
+    device_get_count = "cuDeviceGetCount": fn(*mut c_int);
+    launch_kernel = "cuLaunchKernel": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void);
+    launch_kernel_ptsz = "cuLaunchKernel_ptsz": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void);
+    launch_kernel_ex = "cuLaunchKernelEx": fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);
+    launch_kernel_ex_ptsz = "cuLaunchKernelEx_ptsz": fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);
+    launch_cooperative_kernel = "cuLaunchCooperativeKernel": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void);
+    launch_cooperative_kernel_ptsz = "cuLaunchCooperativeKernel_ptsz": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void);
+    graph_launch = "cuGraphLaunch": fn(CUgraphExec, CUstream);
+    graph_launch_ptsz = "cuGraphLaunch_ptsz": fn(CUgraphExec, CUstream);
 }
 
 // SAFETY: function pointers and a dlopen handle are freely shareable.
@@ -96,5 +105,15 @@ pub fn real_symbol(name: &CStr) -> *mut c_void {
         // SAFETY: a live handle and a C string.
         Some(r) => unsafe { real_dlsym(r.handle, name.as_ptr()) },
         None => std::ptr::null_mut(),
+    }
+}
+
+/// The device of the calling thread's current context (0 without one).
+pub fn current_device() -> usize {
+    let mut device: CUdevice = 0;
+    match real().and_then(|r| r.ctx_get_device) {
+        // SAFETY: writes one int.
+        Some(f) if unsafe { f(&mut device) } == CUDA_SUCCESS && device >= 0 => device as usize,
+        _ => 0,
     }
 }
