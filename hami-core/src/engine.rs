@@ -208,23 +208,7 @@ impl Engine {
             return Err(Refusal::OverLimit);
         }
         let guard = region.lock();
-        let slot = match self.slot.load(Ordering::Relaxed) {
-            NO_SLOT => {
-                let pid = PID.load(Ordering::Relaxed);
-                let start = process_start_time(pid).unwrap_or(0);
-                match guard.claim_slot(pid, start) {
-                    Ok(s) => {
-                        self.slot.store(s, Ordering::Relaxed);
-                        s
-                    }
-                    Err(e) => {
-                        hlog!(log::ERROR, "{e}");
-                        return Err(Refusal::OverLimit);
-                    }
-                }
-            }
-            s => s,
-        };
+        let slot = self.slot_locked(&guard).ok_or(Refusal::OverLimit)?;
         guard
             .reserve(slot, device, bytes, self.limits[device])
             .map_err(|over| {
@@ -236,6 +220,36 @@ impl Engine {
                 );
                 Refusal::OverLimit
             })
+    }
+
+    /// This process's slot, claimed on first use. Lock held.
+    fn slot_locked(&self, guard: &crate::region::RegionGuard<'_>) -> Option<usize> {
+        match self.slot.load(Ordering::Relaxed) {
+            NO_SLOT => {
+                let pid = PID.load(Ordering::Relaxed);
+                let start = process_start_time(pid).unwrap_or(0);
+                match guard.claim_slot(pid, start) {
+                    Ok(s) => {
+                        self.slot.store(s, Ordering::Relaxed);
+                        Some(s)
+                    }
+                    Err(e) => {
+                        hlog!(log::ERROR, "{e}");
+                        None
+                    }
+                }
+            }
+            s => Some(s),
+        }
+    }
+
+    /// Makes this process visible in the region before it allocates anything:
+    /// the compute limiter counts the container's processes by their slots.
+    pub fn register(&self) {
+        if let (Mode::Enforcing, Some(region)) = (&self.mode, &self.region) {
+            let guard = region.lock();
+            self.slot_locked(&guard);
+        }
     }
 
     pub fn release(&self, device: usize, bytes: u64) {

@@ -169,6 +169,7 @@ impl Limiter {
     }
 
     fn watch(&'static self) {
+        engine().register();
         let mut controls: Vec<(usize, Control)> = (0..MAX_DEVICES)
             .filter(|d| self.gates[*d].share != 0)
             .map(|d| (d, Control::new(self.gates[d].share)))
