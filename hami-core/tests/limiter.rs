@@ -87,7 +87,14 @@ fn the_share_does_not_depend_on_gpu_size_kernel_length_or_launch_kind() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&str, &[(&str, &str)], &str, u32)] = &[
+    /// (label, extra environment, launch kind, blocks per launch)
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        u32,
+    );
+    let cases: &[Case] = &[
         ("16 SMs", &[("FAKE_CUDA_SM_COUNT", "16")], "kernel", 1320),
         ("528 SMs", &[("FAKE_CUDA_SM_COUNT", "528")], "kernel", 1320),
         ("long kernels", &[], "kernel", 132_000),
