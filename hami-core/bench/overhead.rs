@@ -33,6 +33,14 @@ const CONFIGS: &[Config] = &[
         preload: true,
         env: &[("CUDA_DEVICE_MEMORY_LIMIT", "8g")],
     },
+    Config {
+        name: "hami-core, 50% SM limit",
+        preload: true,
+        env: &[
+            ("CUDA_DEVICE_SM_LIMIT", "50"),
+            ("GPU_CORE_UTILIZATION_POLICY", "force"),
+        ],
+    },
 ];
 
 fn main() {
@@ -47,23 +55,36 @@ fn main() {
     assert!(status.success(), "building the fake driver failed");
     let preload = release_cdylib();
 
-    let operations: &[(&str, &[&str])] = &[
+    // The fake's launches are no-ops here: what remains is the call itself and
+    // what hami-core wraps around it. Nothing runs, so a configured limit never
+    // binds and its row shows the bare cost of the launch path.
+    type Operation = (
+        &'static str,
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
+    let operations: &[Operation] = &[
         (
             "cuMemAlloc_v2 + cuMemFree_v2 (4 KiB)",
             &["alloc", "2000000", "4096"],
+            &[],
         ),
-        ("cuLaunchKernel", &["launch", "5000000"]),
+        (
+            "cuLaunchKernel",
+            &["launch", "5000000"],
+            &[("FAKE_CUDA_LAUNCH_NOOP", "1")],
+        ),
     ];
     println!(
         "hami-core overhead on the fake driver ({ROUNDS} interleaved rounds, median ns per call)\n"
     );
     println!("| operation | configuration | ns | added ns | ratio |");
     println!("|---|---|---:|---:|---:|");
-    for (label, args) in operations {
+    for (label, args, op_env) in operations {
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
         for _ in 0..ROUNDS {
             for (i, config) in CONFIGS.iter().enumerate() {
-                samples[i].push(run_once(&dir, &preload, config, args));
+                samples[i].push(run_once(&dir, &preload, config, args, op_env));
             }
         }
         let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
@@ -78,7 +99,13 @@ fn main() {
     }
 }
 
-fn run_once(dir: &Path, preload: &Path, config: &Config, args: &[&str]) -> f64 {
+fn run_once(
+    dir: &Path,
+    preload: &Path,
+    config: &Config,
+    args: &[&str],
+    op_env: &[(&str, &str)],
+) -> f64 {
     let mut cmd = Command::new(dir.join("bench_app"));
     cmd.args(args)
         .env("LD_LIBRARY_PATH", dir)
@@ -92,6 +119,7 @@ fn run_once(dir: &Path, preload: &Path, config: &Config, args: &[&str]) -> f64 {
         cmd.env("LD_PRELOAD", preload);
     }
     cmd.envs(config.env.iter().copied());
+    cmd.envs(op_env.iter().copied());
     let out = cmd.output().expect("run bench_app");
     assert!(
         out.status.success(),

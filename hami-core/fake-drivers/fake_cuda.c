@@ -523,6 +523,7 @@ static void account_busy(int device, uint64_t ns) {
 static CUresult launch(unsigned gx, unsigned gy, unsigned gz) {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     const struct fake_config *c = fake_config();
+    if (c->launch_noop) return CUDA_SUCCESS;
     uint64_t blocks = (uint64_t)gx * gy * gz;
     uint64_t waves = (blocks + (uint64_t)c->sm_count - 1) / (uint64_t)(c->sm_count > 0 ? c->sm_count : 1);
     uint64_t ns = waves * c->ns_per_block;

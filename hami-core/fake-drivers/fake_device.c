@@ -40,6 +40,7 @@ static void init(void) {
     config.sm_count = sm ? atoi(sm) : 132;
     config.ns_per_block = parse_size(getenv("FAKE_CUDA_NS_PER_BLOCK"), 1000);
     config.queue_ns = parse_size(getenv("FAKE_CUDA_QUEUE_NS"), 20000000);
+    config.launch_noop = getenv("FAKE_CUDA_LAUNCH_NOOP") && strcmp(getenv("FAKE_CUDA_LAUNCH_NOOP"), "1") == 0;
 
     const char *path = getenv("FAKE_CUDA_STATE");
     void *mem = MAP_FAILED;

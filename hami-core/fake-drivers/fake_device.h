@@ -11,6 +11,8 @@
  *   FAKE_CUDA_NS_PER_BLOCK  simulated run time of one thread block (default 1000)
  *   FAKE_CUDA_QUEUE_NS      queued work after which a launch blocks, like a full
  *                           hardware queue (default 20000000, i.e. 20 ms)
+ *   FAKE_CUDA_LAUNCH_NOOP   1: launches return at once and do nothing, so a
+ *                           benchmark sees only the cost of what wraps them
  */
 #ifndef HAMI_FAKE_DEVICE_H
 #define HAMI_FAKE_DEVICE_H
@@ -43,6 +45,7 @@ struct fake_config {
     int sm_count;
     uint64_t ns_per_block;
     uint64_t queue_ns;
+    int launch_noop;
 };
 
 const struct fake_config *fake_config(void);
