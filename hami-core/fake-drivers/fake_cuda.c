@@ -196,20 +196,58 @@ EXPORT CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
     return CUDA_SUCCESS;
 }
 
+/* A context takes FAKE_CUDA_CONTEXT_BYTES of device memory and makes the
+ * process show up in NVML's list of compute processes. */
+static CUresult context_open(int dev) {
+    if (charge(dev, fake_config()->context_bytes) != CUDA_SUCCESS) return CUDA_ERROR_OUT_OF_MEMORY;
+    struct fake_proc_busy *p = fake_proc(dev);
+    if (p) atomic_fetch_add((_Atomic uint32_t *)&p->contexts, 1);
+    return CUDA_SUCCESS;
+}
+
+static void context_close(int dev) {
+    uncharge(dev, fake_config()->context_bytes);
+    struct fake_proc_busy *p = fake_proc(dev);
+    if (p) atomic_fetch_sub((_Atomic uint32_t *)&p->contexts, 1);
+}
+
 EXPORT CUresult cuCtxCreate_v2(CUcontext *ctx, unsigned int flags, CUdevice dev) {
     (void)flags;
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     if (dev < 0 || dev >= fake_config()->device_count) return CUDA_ERROR_INVALID_DEVICE;
+    CUresult rc = context_open(dev);
+    if (rc != CUDA_SUCCESS) return rc;
     *ctx = (CUcontext)(uintptr_t)(dev + 1);
     current_ctx = *ctx;
     return CUDA_SUCCESS;
 }
 
+static int primary_refs[FAKE_MAX_DEVICES];
+
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev) {
-    return cuCtxCreate_v2(ctx, 0, dev);
+    if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (dev < 0 || dev >= fake_config()->device_count) return CUDA_ERROR_INVALID_DEVICE;
+    if (__atomic_fetch_add(&primary_refs[dev], 1, __ATOMIC_ACQ_REL) == 0) {
+        CUresult rc = context_open(dev);
+        if (rc != CUDA_SUCCESS) {
+            __atomic_fetch_sub(&primary_refs[dev], 1, __ATOMIC_ACQ_REL);
+            return rc;
+        }
+    }
+    *ctx = (CUcontext)(uintptr_t)(dev + 1);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    if (dev < 0 || dev >= fake_config()->device_count) return CUDA_ERROR_INVALID_DEVICE;
+    if (__atomic_load_n(&primary_refs[dev], __ATOMIC_ACQUIRE) == 0) return CUDA_ERROR_INVALID_VALUE;
+    if (__atomic_sub_fetch(&primary_refs[dev], 1, __ATOMIC_ACQ_REL) == 0) context_close(dev);
+    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
+    context_close((int)((uintptr_t)ctx - 1));
     if (current_ctx == ctx) current_ctx = NULL;
     return CUDA_SUCCESS;
 }
@@ -501,22 +539,9 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *fn, CUmodule module, const char 
 }
 
 static void account_busy(int device, uint64_t ns) {
-    struct fake_device_state *d = &fake_state()->dev[device];
-    uint32_t pid = (uint32_t)getpid();
-    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
-        uint32_t seen = atomic_load((_Atomic uint32_t *)&d->procs[i].pid);
-        if (seen == 0) {
-            uint32_t zero = 0;
-            if (!atomic_compare_exchange_strong((_Atomic uint32_t *)&d->procs[i].pid, &zero, pid) && zero != pid)
-                continue;
-            seen = pid;
-        }
-        if (seen == pid) {
-            atomic_fetch_add((_Atomic uint64_t *)&d->procs[i].busy_ns_total, ns);
-            break;
-        }
-    }
-    atomic_fetch_add((_Atomic uint64_t *)&d->busy_ns_total, ns);
+    struct fake_proc_busy *p = fake_proc(device);
+    if (p) atomic_fetch_add((_Atomic uint64_t *)&p->busy_ns_total, ns);
+    atomic_fetch_add((_Atomic uint64_t *)&fake_state()->dev[device].busy_ns_total, ns);
 }
 
 /* The device runs sm_count blocks at a time; the queue is device-wide. */
@@ -639,6 +664,7 @@ static const struct proc_entry procs[] = {
     E("cuCtxGetDevice", 2000, cuCtxGetDevice, NULL),
     E("cuCtxSynchronize", 2000, cuCtxSynchronize, NULL),
     E("cuDevicePrimaryCtxRetain", 7000, cuDevicePrimaryCtxRetain, NULL),
+    E("cuDevicePrimaryCtxRelease", 11000, cuDevicePrimaryCtxRelease_v2, NULL),
     E("cuMemAlloc", 2000, cuMemAlloc, NULL),
     E("cuMemAlloc", 3020, cuMemAlloc_v2, NULL),
     E("cuMemFree", 2000, cuMemFree, NULL),

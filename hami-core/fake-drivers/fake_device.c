@@ -40,6 +40,8 @@ static void init(void) {
     config.sm_count = sm ? atoi(sm) : 132;
     config.ns_per_block = parse_size(getenv("FAKE_CUDA_NS_PER_BLOCK"), 1000);
     config.queue_ns = parse_size(getenv("FAKE_CUDA_QUEUE_NS"), 20000000);
+    config.context_bytes = parse_size(getenv("FAKE_CUDA_CONTEXT_BYTES"), 0);
+    config.pid_offset = (uint32_t)parse_size(getenv("FAKE_CUDA_PID_OFFSET"), 0);
     config.launch_noop = getenv("FAKE_CUDA_LAUNCH_NOOP") && strcmp(getenv("FAKE_CUDA_LAUNCH_NOOP"), "1") == 0;
 
     const char *path = getenv("FAKE_CUDA_STATE");
@@ -95,4 +97,25 @@ uint64_t fake_now_ns(void) {
 
 int fake_uuid(int index, char *out, unsigned int len) {
     return snprintf(out, len, "GPU-fa4e0000-0000-4000-8000-%012d", index) < (int)len ? 0 : -1;
+}
+
+uint32_t fake_device_pid(void) {
+    return (uint32_t)getpid() + fake_config()->pid_offset;
+}
+
+struct fake_proc_busy *fake_proc(int device) {
+    struct fake_device_state *d = &fake_state()->dev[device];
+    uint32_t pid = fake_device_pid();
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        uint32_t seen = __atomic_load_n(&d->procs[i].pid, __ATOMIC_ACQUIRE);
+        if (seen == 0) {
+            uint32_t zero = 0;
+            if (__atomic_compare_exchange_n(&d->procs[i].pid, &zero, pid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
+                zero == pid)
+                return &d->procs[i];
+            continue;
+        }
+        if (seen == pid) return &d->procs[i];
+    }
+    return NULL;
 }

@@ -13,6 +13,10 @@
  *                           hardware queue (default 20000000, i.e. 20 ms)
  *   FAKE_CUDA_LAUNCH_NOOP   1: launches return at once and do nothing, so a
  *                           benchmark sees only the cost of what wraps them
+ *   FAKE_CUDA_CONTEXT_BYTES device memory a context takes (default 0)
+ *   FAKE_CUDA_PID_OFFSET    added to getpid() wherever the device names a
+ *                           process (NVML): the host's view of a container's
+ *                           pids, which differ from the container's own
  */
 #ifndef HAMI_FAKE_DEVICE_H
 #define HAMI_FAKE_DEVICE_H
@@ -23,8 +27,8 @@
 #define FAKE_MAX_PROCS 64
 
 struct fake_proc_busy {
-    uint32_t pid;              /* 0 = free slot */
-    uint32_t pad;
+    uint32_t pid;              /* 0 = free slot; the device's (host's) view */
+    uint32_t contexts;         /* contexts this process holds on the device */
     uint64_t busy_ns_total;    /* kernel time this process put on the device */
 };
 
@@ -46,11 +50,17 @@ struct fake_config {
     uint64_t ns_per_block;
     uint64_t queue_ns;
     int launch_noop;
+    uint64_t context_bytes;
+    uint32_t pid_offset;
 };
 
 const struct fake_config *fake_config(void);
 struct fake_state *fake_state(void);
 uint64_t fake_now_ns(void);
 int fake_uuid(int index, char *out, unsigned int len);
+/* This process as the device (and NVML) names it. */
+uint32_t fake_device_pid(void);
+/* The device's record for this process, created on first use (NULL if full). */
+struct fake_proc_busy *fake_proc(int device);
 
 #endif

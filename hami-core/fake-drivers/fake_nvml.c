@@ -91,6 +91,41 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v
     return rc;
 }
 
+/* nvmlProcessInfo_t (v2/v3 layout; v3 adds the protected-memory field). */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} fake_process_info_v3;
+
+/* Processes holding a context on the device, named by their device-side pids. */
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                            fake_process_info_v3 *infos) {
+    if (!initialized) return NVML_ERROR_UNINITIALIZED;
+    int d = index_of(device);
+    if (d < 0 || !count) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_device_state *s = &fake_state()->dev[d];
+    unsigned int n = 0;
+    for (int i = 0; i < FAKE_MAX_PROCS; i++)
+        if (atomic_load((_Atomic uint32_t *)&s->procs[i].pid) &&
+            atomic_load((_Atomic uint32_t *)&s->procs[i].contexts))
+            n++;
+    if (!infos || *count < n) {
+        *count = n;
+        return n == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned int out = 0;
+    for (int i = 0; i < FAKE_MAX_PROCS && out < n; i++) {
+        uint32_t pid = atomic_load((_Atomic uint32_t *)&s->procs[i].pid);
+        if (pid && atomic_load((_Atomic uint32_t *)&s->procs[i].contexts))
+            infos[out++] = (fake_process_info_v3){pid, 0, 0xffffffffu, 0xffffffffu, 0};
+    }
+    *count = out;
+    return NVML_SUCCESS;
+}
+
 /* Per-caller memory of the previous sample, so each call reports the share of
  * device time since the last one, as NVML's sampling does. */
 static struct {

@@ -23,6 +23,8 @@ pub enum Kind {
     Array,
     /// `cuIpcOpenMemHandle` imports.
     IpcImport,
+    /// The device memory a context takes.
+    Context,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Engine {
     tracker: SpinLock<HashMap<(Kind, u64), Charge, BuildHasherDefault<KeyHasher>>>,
     /// This process's slot in the region; a forked child starts without one.
     slot: AtomicUsize,
+    /// The pid the driver reports for this process (0 = not learned yet).
+    host_pid: AtomicU32,
 }
 
 /// This process's pid, cached (HAMi spent most of an allocation in getpid) and
@@ -90,6 +94,7 @@ extern "C" fn after_fork_in_child() {
     PID.store(std::process::id(), Ordering::Relaxed);
     if let Some(e) = ENGINE.get() {
         e.slot.store(NO_SLOT, Ordering::Relaxed);
+        e.host_pid.store(0, Ordering::Relaxed);
         // Another thread may have held the tracker at fork time; the child has
         // no allocations of its own yet, so start from an empty, unlocked map.
         e.tracker.force_unlock();
@@ -164,6 +169,7 @@ impl Engine {
             core_policy: CorePolicy::Default,
             tracker: SpinLock::new(HashMap::default()),
             slot: AtomicUsize::new(NO_SLOT),
+            host_pid: AtomicU32::new(0),
         }
     }
 
@@ -250,6 +256,23 @@ impl Engine {
             let guard = region.lock();
             self.slot_locked(&guard);
         }
+    }
+
+    /// Records the pid the driver reports for this process, here and in its slot.
+    pub fn set_host_pid(&self, pid: u32) {
+        self.host_pid.store(pid, Ordering::Relaxed);
+        if let (Mode::Enforcing, Some(region)) = (&self.mode, &self.region) {
+            let guard = region.lock();
+            if let Some(slot) = self.slot_locked(&guard) {
+                region.slots()[slot].host_pid.store(pid, Ordering::Release);
+            }
+        }
+        hlog!(log::INFO, "the driver knows this process as pid {pid}");
+    }
+
+    /// The pid the driver reports for this process, if learned.
+    pub fn host_pid(&self) -> Option<u32> {
+        Some(self.host_pid.load(Ordering::Relaxed)).filter(|p| *p != 0)
     }
 
     pub fn release(&self, device: usize, bytes: u64) {

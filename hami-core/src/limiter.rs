@@ -369,18 +369,17 @@ impl Sampler {
     }
 }
 
-/// Pids of this container's processes: every live slot of the shared region.
+/// This container's processes as the driver names them: each slot's host pid
+/// where it was learned, else its own pid (right when there is no pid namespace).
 fn container_pids() -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = vec![me];
-    if let Some(region) = engine().region() {
-        pids.extend(
-            region
-                .slots()
-                .iter()
-                .map(|s| s.pid.load(Ordering::Relaxed))
-                .filter(|p| *p != 0 && *p != me),
-        );
+    let e = engine();
+    let mut pids = vec![e.host_pid().unwrap_or_else(std::process::id)];
+    if let Some(region) = e.region() {
+        pids.extend(region.slots().iter().filter_map(|s| {
+            let pid = s.pid.load(Ordering::Relaxed);
+            let host = s.host_pid.load(Ordering::Relaxed);
+            (pid != 0).then_some(if host != 0 { host } else { pid })
+        }));
     }
     pids
 }

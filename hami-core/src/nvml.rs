@@ -53,6 +53,20 @@ pub struct Utilization {
     pub memory: c_uint,
 }
 
+/// `nvmlProcessInfo_t` as `nvmlDeviceGetComputeRunningProcesses_v3` fills it.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ProcessInfo {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+    pub used_gpu_cc_protected_memory: u64,
+}
+
+type ComputeProcessesFn =
+    unsafe extern "C" fn(nvmlDevice_t, *mut c_uint, *mut ProcessInfo) -> nvmlReturn_t;
+
 type ProcessUtilizationFn = unsafe extern "C" fn(
     nvmlDevice_t,
     *mut ProcessUtilizationSample,
@@ -68,6 +82,7 @@ pub struct RealNvml {
     pub get_process_utilization: Option<ProcessUtilizationFn>,
     pub get_utilization_rates:
         Option<unsafe extern "C" fn(nvmlDevice_t, *mut Utilization) -> nvmlReturn_t>,
+    get_compute_running_processes: Option<ComputeProcessesFn>,
     get_memory_info: Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_t) -> nvmlReturn_t>,
     get_memory_info_v2:
         Option<unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMemory_v2_t) -> nvmlReturn_t>,
@@ -94,6 +109,10 @@ pub fn real() -> Option<&'static RealNvml> {
                 get_handle_by_index: typed_symbol(h, c"nvmlDeviceGetHandleByIndex_v2"),
                 get_process_utilization: typed_symbol(h, c"nvmlDeviceGetProcessUtilization"),
                 get_utilization_rates: typed_symbol(h, c"nvmlDeviceGetUtilizationRates"),
+                get_compute_running_processes: typed_symbol(
+                    h,
+                    c"nvmlDeviceGetComputeRunningProcesses_v3",
+                ),
                 get_memory_info: typed_symbol(h, c"nvmlDeviceGetMemoryInfo"),
                 get_memory_info_v2: typed_symbol(h, c"nvmlDeviceGetMemoryInfo_v2"),
                 get_index: typed_symbol(h, c"nvmlDeviceGetIndex"),
@@ -101,6 +120,50 @@ pub fn real() -> Option<&'static RealNvml> {
         }
     })
     .as_ref()
+}
+
+/// NVML, initialised once for hami-core's own queries; `None` if unavailable.
+pub fn initialised() -> Option<&'static RealNvml> {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let r = real()?;
+    // SAFETY: NVML's init, reference counted by NVML itself.
+    READY
+        .get_or_init(|| r.init.is_some_and(|init| unsafe { init() } == NVML_SUCCESS))
+        .then_some(r)
+}
+
+fn handle(r: &RealNvml, index: usize) -> Option<nvmlDevice_t> {
+    let mut h: nvmlDevice_t = std::ptr::null_mut();
+    // SAFETY: writes one handle.
+    (unsafe { r.get_handle_by_index?(index as c_uint, &mut h) } == NVML_SUCCESS).then_some(h)
+}
+
+/// Bytes in use on device `index`, all processes, as the driver sees it.
+pub fn device_used(index: usize) -> Option<u64> {
+    let r = initialised()?;
+    let h = handle(r, index)?;
+    let mut m = nvmlMemory_t {
+        total: 0,
+        free: 0,
+        used: 0,
+    };
+    // SAFETY: writes one struct; the real function, not our hook.
+    (unsafe { r.get_memory_info?(h, &mut m) } == NVML_SUCCESS).then_some(m.used)
+}
+
+/// Pids (as the driver names them) of the processes with a context on device `index`.
+pub fn compute_pids(index: usize) -> Option<Vec<u32>> {
+    let r = initialised()?;
+    let h = handle(r, index)?;
+    let get = r.get_compute_running_processes?;
+    let mut infos = vec![ProcessInfo::default(); 256];
+    let mut count = infos.len() as c_uint;
+    // SAFETY: a buffer of `count` entries.
+    if unsafe { get(h, &mut count, infos.as_mut_ptr()) } != NVML_SUCCESS {
+        return None;
+    }
+    infos.truncate(count as usize);
+    Some(infos.into_iter().map(|i| i.pid).collect())
 }
 
 /// (total, used, free) for the container on `device`, or None without a limit.

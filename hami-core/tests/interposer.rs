@@ -302,3 +302,22 @@ int puts(const char *s) {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "[shim] hello\n");
 }
+
+/// A context's own device memory counts against the quota, and a context that
+/// does not fit is refused with the real out-of-memory error.
+#[test]
+fn context_memory_is_charged() {
+    if !needs("context_memory_is_charged") {
+        return;
+    }
+    let (out, _) = run(app("procaddress")
+        .env("FAKE_CUDA_CONTEXT_BYTES", "300m")
+        .args(["info", "alloc-until-oom", HUNDRED_MIB]));
+    assert_eq!(field(&out, "info", "free"), 700 * MIB, "{out}");
+    assert_eq!(field(&out, "alloc-until-oom", "count"), 7, "{out}");
+
+    let (out, _) = run(app("procaddress")
+        .env("FAKE_CUDA_CONTEXT_BYTES", "300m")
+        .env("CUDA_DEVICE_MEMORY_LIMIT", "200m"));
+    assert!(out.contains("init rc=2"), "{out}");
+}

@@ -102,6 +102,13 @@ fn the_share_does_not_depend_on_gpu_size_kernel_length_or_launch_kind() {
         ("cooperative", &[], "coop", 1320),
         ("cuGraphLaunch", &[], "graph", 0),
         ("per-thread stream", &[("APP_PTDS", "1")], "kernel", 1320),
+        // The driver names processes by host pids, as it does for a container's.
+        (
+            "host pids differ",
+            &[("FAKE_CUDA_PID_OFFSET", "100000")],
+            "kernel",
+            1320,
+        ),
     ];
     thread::scope(|s| {
         for (i, (label, extra, kind, blocks)) in cases.iter().enumerate() {

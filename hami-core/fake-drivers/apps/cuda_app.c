@@ -227,8 +227,11 @@ static uint64_t my_busy_ns(void) {
         close(fd);
         if (st == MAP_FAILED) exit(2);
     }
+    /* The device names processes with FAKE_CUDA_PID_OFFSET added. */
+    const char *offset = getenv("FAKE_CUDA_PID_OFFSET");
+    uint32_t me = (uint32_t)getpid() + (offset ? (uint32_t)atoi(offset) : 0);
     for (int i = 0; i < FAKE_MAX_PROCS; i++)
-        if (__atomic_load_n(&st->dev[0].procs[i].pid, __ATOMIC_ACQUIRE) == (uint32_t)getpid())
+        if (__atomic_load_n(&st->dev[0].procs[i].pid, __ATOMIC_ACQUIRE) == me)
             return __atomic_load_n(&st->dev[0].procs[i].busy_ns_total, __ATOMIC_ACQUIRE);
     return 0;
 }

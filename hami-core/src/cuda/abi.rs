@@ -13,6 +13,7 @@ pub type CUarray = *mut c_void;
 pub type CUmipmappedArray = *mut c_void;
 pub type CUmemGenericAllocationHandle = u64;
 pub type CUfunction = *mut c_void;
+pub type CUcontext = *mut c_void;
 pub type CUgraphExec = *mut c_void;
 
 /// `CUlaunchConfig`: the grid is all the limiter needs.

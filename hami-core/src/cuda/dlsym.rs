@@ -77,6 +77,7 @@ extern "C" fn hami_dlsym_hook(_handle: *mut c_void, symbol: *const c_char) -> *m
     // SAFETY: dlsym's contract: a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(symbol) };
     super::hooks::hook_for_name(name.to_bytes())
+        .or_else(|| super::context::hook_for_name(name.to_bytes()))
         .or_else(|| crate::nvml::hook_for_name(name.to_bytes()))
         .unwrap_or(std::ptr::null_mut())
 }

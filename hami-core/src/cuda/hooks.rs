@@ -760,10 +760,12 @@ fn translate(real_pfn: *mut c_void) -> *mut c_void {
     let table = TABLE.get_or_init(|| {
         HOOKED
             .iter()
+            .chain(super::context::HOOKED)
             .filter_map(|name| {
                 let cname = std::ffi::CStr::from_bytes_with_nul(name.as_bytes()).ok()?;
                 let real = real_symbol(cname);
-                let hook = hook_for_name(cname.to_bytes())?;
+                let hook = hook_for_name(cname.to_bytes())
+                    .or_else(|| super::context::hook_for_name(cname.to_bytes()))?;
                 (!real.is_null()).then_some((real as usize, hook as usize))
             })
             .collect()

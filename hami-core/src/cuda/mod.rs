@@ -2,6 +2,7 @@
 //! real driver behind them.
 
 pub mod abi;
+pub mod context;
 pub mod dlsym;
 pub mod hooks;
 pub mod real;

@@ -57,6 +57,10 @@ real_table! {
     get_proc_address = "cuGetProcAddress": fn(*const c_char, *mut *mut c_void, c_int, u64);
     get_proc_address_v2 = "cuGetProcAddress_v2": fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int);
     device_get_count = "cuDeviceGetCount": fn(*mut c_int);
+    ctx_create_v2 = "cuCtxCreate_v2": fn(*mut CUcontext, c_uint, CUdevice);
+    ctx_destroy_v2 = "cuCtxDestroy_v2": fn(CUcontext);
+    device_primary_ctx_retain = "cuDevicePrimaryCtxRetain": fn(*mut CUcontext, CUdevice);
+    device_primary_ctx_release_v2 = "cuDevicePrimaryCtxRelease_v2": fn(CUdevice);
     launch_kernel = "cuLaunchKernel": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void);
     launch_kernel_ptsz = "cuLaunchKernel_ptsz": fn(CUfunction, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, CUstream, *mut *mut c_void, *mut *mut c_void);
     launch_kernel_ex = "cuLaunchKernelEx": fn(*const CUlaunchConfig, CUfunction, *mut *mut c_void, *mut *mut c_void);

@@ -69,7 +69,11 @@ pub struct Slot {
     pub used: [AtomicU64; MAX_DEVICES],
     /// Kernel launches, for monitoring.
     pub launches: AtomicU64,
-    pub reserved: [u64; 5],
+    /// The pid the GPU driver (NVML) reports for this process, which differs
+    /// from `pid` inside a pid namespace; 0 until learned.
+    pub host_pid: AtomicU32,
+    pub reserved32: u32,
+    pub reserved: [u64; 4],
 }
 
 pub const SHARED_OFFSET: usize = PAGE;
@@ -158,6 +162,7 @@ mod tests {
         assert_eq!(offset_of!(Slot, start_time), 8);
         assert_eq!(offset_of!(Slot, used), 16);
         assert_eq!(offset_of!(Slot, launches), 144);
+        assert_eq!(offset_of!(Slot, host_pid), 152);
         assert_eq!(FILE_SIZE, 204_800);
     }
 

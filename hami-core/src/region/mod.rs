@@ -217,6 +217,13 @@ impl Region {
         }
     }
 
+    /// Serialises something across the container's processes (context
+    /// creation) without holding the accounting lock. `None` for a private region.
+    pub fn exclusive(&self) -> Option<impl Drop> {
+        let file = self._file.as_ref()?;
+        FileLock::exclusive(file).ok()
+    }
+
     pub fn device_used(&self, device: usize) -> u64 {
         self.shared().device_used[device].load(Ordering::Acquire)
     }
@@ -304,6 +311,7 @@ impl RegionGuard<'_> {
             u.store(0, Ordering::Relaxed);
         }
         slot.launches.store(0, Ordering::Relaxed);
+        slot.host_pid.store(0, Ordering::Relaxed);
         slot.start_time.store(start_time, Ordering::Relaxed);
         slot.generation.fetch_add(1, Ordering::Relaxed);
         slot.pid.store(pid, Ordering::Release);
