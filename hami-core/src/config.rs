@@ -11,7 +11,7 @@ use hami_api::quota::{MemoryQuota, Percent};
 use thiserror::Error;
 
 /// Devices one container can be limited on (`CUDA_DEVICE_MEMORY_LIMIT_0` … `_15`).
-pub const MAX_DEVICES: usize = 16;
+pub use hami_region::MAX_DEVICES;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {

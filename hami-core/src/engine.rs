@@ -214,6 +214,7 @@ impl Engine {
             return Err(Refusal::OverLimit);
         }
         let guard = region.lock();
+        report_recovery(&guard);
         let slot = self.slot_locked(&guard).ok_or(Refusal::OverLimit)?;
         guard
             .reserve(slot, device, bytes, self.limits[device])
@@ -296,6 +297,15 @@ impl Engine {
     /// Puts back a charge taken by [`Engine::untrack`] when the driver refused the free.
     pub fn retrack(&self, kind: Kind, key: u64, charge: Charge) {
         self.track(kind, key, charge);
+    }
+}
+
+fn report_recovery(guard: &crate::region::RegionGuard<'_>) {
+    if guard.recovered() {
+        hlog!(
+            log::WARN,
+            "a process died holding the region lock; the region was repaired"
+        );
     }
 }
 

@@ -17,4 +17,6 @@ pub mod engine;
 pub mod limiter;
 pub mod log;
 pub mod nvml;
-pub mod region;
+/// The shared accounting region (its own crate, so the node side can read it
+/// without linking the interposer).
+pub use hami_region as region;

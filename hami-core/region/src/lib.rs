@@ -1,4 +1,4 @@
-//! The shared region: one file per container that every process of the
+//! `hami-region`: the shared region of hami-core, one file per container that every process of the
 //! container maps, plus the node agent (read-only).
 //!
 //! Accounting changes happen under a process-shared *robust* mutex. A process
@@ -12,6 +12,9 @@
 
 pub mod layout;
 
+/// Devices one container can be limited on; every per-device array has this many entries.
+pub const MAX_DEVICES: usize = 16;
+
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,7 +25,6 @@ use std::sync::atomic::Ordering;
 
 use thiserror::Error;
 
-use crate::config::MAX_DEVICES;
 use layout::{
     Header, Limits, Shared, Slot, FILE_SIZE, MAGIC, MAX_SLOTS, PAGE, SHARED_OFFSET, SLOTS_OFFSET,
     VERSION,
@@ -233,25 +235,18 @@ impl Region {
         let mutex = self.shared().lock.get();
         // SAFETY: the mutex was initialised when the region was created.
         let rc = unsafe { libc::pthread_mutex_lock(mutex) };
-        if rc == libc::EOWNERDEAD {
+        let recovered = rc == libc::EOWNERDEAD;
+        if recovered {
             self.shared().recoveries.fetch_add(1, Ordering::Relaxed);
-            crate::hlog!(
-                crate::log::WARN,
-                "a process died holding the region lock; repairing {}",
-                self.path.display()
-            );
             self.repair();
             // SAFETY: we hold the mutex in the EOWNERDEAD state.
             unsafe { libc::pthread_mutex_consistent(mutex) };
-        } else if rc != 0 {
-            // ENOTRECOVERABLE cannot happen: every EOWNERDEAD is made consistent above.
-            crate::hlog!(
-                crate::log::ERROR,
-                "region lock failed: {}",
-                io::Error::from_raw_os_error(rc)
-            );
         }
-        RegionGuard { region: self }
+        // ENOTRECOVERABLE cannot happen: every EOWNERDEAD is made consistent above.
+        RegionGuard {
+            region: self,
+            recovered,
+        }
     }
 
     /// Drops dead slots and recomputes every total from the live ones. Lock held.
@@ -283,9 +278,15 @@ impl Drop for Region {
 /// Proof that the region lock is held; accounting goes through it.
 pub struct RegionGuard<'a> {
     region: &'a Region,
+    recovered: bool,
 }
 
 impl RegionGuard<'_> {
+    /// True when this lock was taken over from a dead owner (and the region repaired).
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+
     /// Claims a slot for `pid` (reusing a dead process's slot if needed).
     pub fn claim_slot(&self, pid: u32, start_time: u64) -> Result<usize, RegionError> {
         let slots = self.region.slots();

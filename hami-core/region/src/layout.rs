@@ -5,7 +5,7 @@ use std::cell::UnsafeCell;
 use std::mem::size_of;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use crate::config::MAX_DEVICES;
+use crate::MAX_DEVICES;
 
 pub const MAGIC: [u8; 8] = *b"HAMIRGN1";
 pub const VERSION: u32 = 1;
