@@ -1,0 +1,261 @@
+//! Writing, listing and removing specs and their host-side state.
+//!
+//! A spec is written to a hidden temporary file in the spec directory, synced,
+//! and renamed over its final name, so a runtime scanning the directory sees
+//! either the old spec, the new one, or none: never a torn file that would
+//! make it reject the whole directory (and so every other container's device).
+//! Temporaries end in `.tmp-<pid>`, a suffix CDI runtimes do not load.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use hami_region::layout::Limits;
+use hami_region::Region;
+use thiserror::Error;
+
+use crate::builder::{Allocation, Layout, LIBRARY_IN_CONTAINER, REGION_FILE};
+use crate::spec::Spec;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a CDI spec: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("shared region for {name}: {source}")]
+    Region {
+        name: String,
+        #[source]
+        source: hami_region::RegionError,
+    },
+}
+
+fn io(context: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        context,
+        path,
+        source,
+    }
+}
+
+/// `hami.io/vgpu` + `job1` → `hami.io-vgpu_job1.json`.
+pub fn spec_file_name(kind: &str, name: &str) -> String {
+    format!("{}_{name}.json", kind.replace('/', "-"))
+}
+
+pub struct SpecStore {
+    pub dir: PathBuf,
+}
+
+/// A spec found in the store.
+pub struct Listed {
+    pub name: String,
+    pub path: PathBuf,
+    pub spec: Spec,
+}
+
+impl SpecStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn path_of(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir.join(spec_file_name(kind, name))
+    }
+
+    /// Writes `spec` atomically under the name of its (single) device.
+    pub fn write(&self, spec: &Spec) -> Result<PathBuf, StoreError> {
+        fs::create_dir_all(&self.dir).map_err(io("create", &self.dir))?;
+        let name = spec.devices.first().map_or("", |d| d.name.as_str());
+        let path = self.path_of(&spec.kind, name);
+        let file_name = path
+            .file_name()
+            .expect("has a name")
+            .to_string_lossy()
+            .into_owned();
+        let tmp = self
+            .dir
+            .join(format!(".{file_name}.tmp-{}", std::process::id()));
+        let text = serde_json::to_string_pretty(spec).expect("spec is plain data") + "\n";
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?;
+            f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
+            f.sync_all().map_err(io("sync", &tmp))?;
+            test_pause_before_rename();
+            fs::rename(&tmp, &path).map_err(io("rename into place", &path))?;
+            // The rename itself must survive a power cut.
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io("sync", &self.dir))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    pub fn read(&self, kind: &str, name: &str) -> Result<Spec, StoreError> {
+        read_spec(&self.path_of(kind, name))
+    }
+
+    /// Every spec of `kind` in the directory; files that do not parse are reported.
+    pub fn list(&self, kind: &str) -> Result<(Vec<Listed>, Vec<StoreError>), StoreError> {
+        let prefix = format!("{}_", kind.replace('/', "-"));
+        let mut found = Vec::new();
+        let mut broken = Vec::new();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((found, broken)),
+            Err(e) => return Err(io("read", &self.dir)(e)),
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(name) = file
+                .strip_prefix(&prefix)
+                .and_then(|f| f.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            match read_spec(&entry.path()) {
+                Ok(spec) => found.push(Listed {
+                    name: name.to_owned(),
+                    path: entry.path(),
+                    spec,
+                }),
+                Err(e) => broken.push(e),
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((found, broken))
+    }
+
+    /// Removes a spec; false if there was none.
+    pub fn remove(&self, kind: &str, name: &str) -> Result<bool, StoreError> {
+        let path = self.path_of(kind, name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("remove", &path)(e)),
+        }
+    }
+
+    /// Removes the specs of `kind` whose allocation `keep` rejects (pods or
+    /// containers that are gone), and temporaries left by writers that died.
+    pub fn remove_stale(
+        &self,
+        kind: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut removed = Vec::new();
+        let (specs, _) = self.list(kind)?;
+        for s in specs {
+            if !keep(&s.name) && self.remove(kind, &s.name)? {
+                removed.push(s.name);
+            }
+        }
+        for entry in fs::read_dir(&self.dir)
+            .map_err(io("read", &self.dir))?
+            .flatten()
+        {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = file
+                .starts_with('.')
+                .then(|| file.rsplit_once(".tmp-"))
+                .flatten()
+                .map(|(_, p)| p)
+            else {
+                continue;
+            };
+            let writer_alive = pid
+                .parse::<u32>()
+                .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !writer_alive && fs::remove_file(entry.path()).is_ok() {
+                removed.push(file);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn read_spec(path: &Path) -> Result<Spec, StoreError> {
+    let text = fs::read_to_string(path).map_err(io("read", path))?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Fault injection for the crash test: the writer stops with its temporary
+/// written and the rename not yet done, so the test can kill it there.
+fn test_pause_before_rename() {
+    if std::env::var_os("HAMI_CDI_TEST_PAUSE_BEFORE_RENAME").is_some() {
+        eprintln!("hami-cdi: paused before rename (test hook)");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+}
+
+/// Creates the allocation's host state: the ld.so.preload file naming the
+/// library, and the shared region pre-created with the allocation's limits
+/// (the node side writes the limits; processes in the container map them read-only).
+pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), StoreError> {
+    let region_dir = layout.region_dir(&allocation.name);
+    fs::create_dir_all(&region_dir).map_err(io("create", &region_dir))?;
+    let preload = layout.preload_file(&allocation.name);
+    fs::write(&preload, format!("{LIBRARY_IN_CONTAINER}\n")).map_err(io("write", &preload))?;
+    let mut limits = Limits::unlimited();
+    for (i, g) in allocation
+        .grants
+        .iter()
+        .enumerate()
+        .take(hami_region::MAX_DEVICES)
+    {
+        limits.memory_bytes[i] = g.memory_bytes.unwrap_or(0);
+        limits.sm_percent[i] = g.cores.map_or(0, u32::from);
+    }
+    let region = region_dir.join(REGION_FILE);
+    // A region left from an earlier allocation of the same name carries old limits.
+    let _ = fs::remove_file(&region);
+    Region::open_or_create(&region, &limits).map_err(|source| StoreError::Region {
+        name: allocation.name.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Removes an allocation's host state.
+pub fn remove_state(layout: &Layout, name: &str) -> Result<bool, StoreError> {
+    let dir = layout.allocation_dir(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("remove", &dir)(e)),
+    }
+}
+
+/// Bytes in use per device according to the allocation's region, if it has one.
+pub fn usage(layout: &Layout, name: &str) -> Option<Vec<u64>> {
+    let path = layout.region_dir(name).join(REGION_FILE);
+    if !path.exists() {
+        return None;
+    }
+    let region = Region::open_or_create(&path, &Limits::unlimited()).ok()?;
+    Some(
+        (0..hami_region::MAX_DEVICES)
+            .map(|d| region.device_used(d))
+            .collect(),
+    )
+}
