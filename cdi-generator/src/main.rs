@@ -144,6 +144,16 @@ fn main() -> Result<()> {
             };
             // Build first: a bad request leaves nothing behind.
             let spec = builder::build(&allocation, &inventory, &layout)?;
+            // Containers may be running on an existing allocation's region.
+            if store.path_of(&layout.kind, &allocation.name).exists()
+                || layout.allocation_dir(&allocation.name).exists()
+            {
+                bail!(
+                    "allocation {} already exists; remove it first with: hami-cdi remove {}",
+                    allocation.name,
+                    allocation.name
+                );
+            }
             store::prepare_state(&allocation, &layout)?;
             let path = match store.write(&spec) {
                 Ok(p) => p,

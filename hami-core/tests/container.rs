@@ -11,7 +11,6 @@ use hami_testkit::podman::{self, Podman};
 use hami_testkit::rootfs::Rootfs;
 use support::{field, fixture, HUNDRED_MIB, MIB};
 
-const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
 const PRELOAD_INSIDE: &str = "/usr/local/vgpu/libhami_core.so";
 
 #[test]
@@ -27,14 +26,7 @@ fn podman_container_gets_only_its_quota() {
     let fx = fixture();
     let work = tempfile::tempdir().unwrap();
     let rootfs = Rootfs::busybox(&work.path().join("rootfs")).unwrap();
-    rootfs
-        .add_binary(&fx.dir.join("cuda_app"), "/usr/bin/cuda_app")
-        .unwrap();
-    for lib in ["libcuda.so.1", "libnvidia-ml.so.1"] {
-        rootfs
-            .copy_in(&fx.dir.join(lib), &format!("{LIBDIR}/{lib}"))
-            .unwrap();
-    }
+    fx.gpu.install(&rootfs).unwrap();
     // The preload's own runtime dependencies must exist in the image.
     rootfs.add_shared_libraries_of(&fx.preload).unwrap();
     let region_dir = work.path().join("vgpu");

@@ -14,6 +14,7 @@ pub const HUNDRED_MIB: &str = "104857600";
 pub struct Fixture {
     /// Fake libcuda.so.1 / libnvidia-ml.so.1 and the cuda_app binaries.
     pub dir: PathBuf,
+    pub gpu: hami_testkit::fake_gpu::FakeGpu,
     pub preload: PathBuf,
 }
 
@@ -27,20 +28,10 @@ pub fn fixture() -> &'static Fixture {
         // Under target/tmp, so repeated runs do not litter the system temp dir.
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("fake-cuda-{}", std::process::id()));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-drivers/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .arg("--apps")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "build.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let gpu = hami_testkit::fake_gpu::FakeGpu::build(&dir).unwrap();
         Fixture {
-            dir,
+            dir: gpu.dir.clone(),
+            gpu,
             preload: preload_library(),
         }
     })

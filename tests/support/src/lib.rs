@@ -10,11 +10,13 @@
 //! - [`oci::OciSandbox`]: `runc run` / `crun run` with a private state root;
 //! - [`podman::Podman`]: podman with a private root, runroot and `containers.conf`;
 //! - [`need`]: skip-or-fail policy for tests that need root or runtime binaries;
-//! - [`cc`]: builds the C test programs with the host's gcc.
+//! - [`cc`]: builds the C test programs with the host's gcc;
+//! - [`fake_gpu`]: the project's fake CUDA driver and test apps, for rootfs images.
 
 pub mod bundle;
 pub mod cc;
 pub mod cgroup;
+pub mod fake_gpu;
 pub mod need;
 pub mod oci;
 pub mod podman;
