@@ -58,6 +58,10 @@ pub const ENV_TASK_PRIORITY: &str = "CUDA_TASK_PRIORITY";
 pub const ENV_LOG_LEVEL: &str = "LIBCUDA_LOG_LEVEL";
 pub const ENV_DISABLE_CONTROL: &str = "CUDA_DISABLE_CONTROL";
 pub const ENV_NPU_MEM_QUOTA: &str = "NPU_MEM_QUOTA";
+/// hami-rs extension: a lock file shared by every container on the node, which
+/// hami-core holds while creating a CUDA context so that it can tell its own
+/// host pid from the others' in NVML's process list.
+pub const ENV_CONTEXT_LOCK: &str = "HAMI_CORE_CONTEXT_LOCK";
 pub const ENV_NPU_PRIORITY: &str = "NPU_PRIORITY";
 
 /// `CUDA_DEVICE_MEMORY_LIMIT_<i>`: the per-device form HAMi's device plugin writes.

@@ -19,6 +19,9 @@ pub const LIBRARY_IN_CONTAINER: &str = "/usr/local/vgpu/libhami_core.so";
 pub const REGION_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/region";
 pub const REGION_FILE: &str = "vgpu.cache";
 pub const PRELOAD_FILE: &str = "ld.so.preload";
+/// The node-wide lock directory inside every container, and the lock file in it.
+pub const LOCK_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/lock";
+pub const CONTEXT_LOCK_FILE: &str = "context.lock";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -81,6 +84,10 @@ impl Layout {
     pub fn preload_file(&self, name: &str) -> PathBuf {
         self.allocation_dir(name).join(PRELOAD_FILE)
     }
+    /// Shared by every allocation on the node.
+    pub fn lock_dir(&self) -> PathBuf {
+        self.state_dir.join(".lock")
+    }
 }
 
 /// A validated allocation with its devices resolved.
@@ -102,7 +109,7 @@ pub struct QuotaEnv;
 pub struct DeviceNodes;
 /// libhami_core.so read-only, and /etc/ld.so.preload naming it.
 pub struct Preload;
-/// The per-container shared-region directory, writable.
+/// The per-container shared-region directory, and the node-wide lock directory, writable.
 pub struct RegionMount;
 /// What the vendor's inventory adds (the mock driver's state and settings).
 pub struct VendorExtras;
@@ -130,6 +137,10 @@ impl EditSource for QuotaEnv {
         env.push(format!(
             "{}={REGION_DIR_IN_CONTAINER}/{REGION_FILE}",
             keys::ENV_SHARED_CACHE
+        ));
+        env.push(format!(
+            "{}={LOCK_DIR_IN_CONTAINER}/{CONTEXT_LOCK_FILE}",
+            keys::ENV_CONTEXT_LOCK
         ));
         match plan.inventory.vendor {
             Vendor::Nvidia | Vendor::Mock => {
@@ -205,11 +216,14 @@ impl EditSource for Preload {
 impl EditSource for RegionMount {
     fn edits(&self, plan: &Plan<'_>) -> ContainerEdits {
         ContainerEdits {
-            mounts: vec![bind(
-                &plan.layout.region_dir(&plan.allocation.name),
-                REGION_DIR_IN_CONTAINER,
-                true,
-            )],
+            mounts: vec![
+                bind(
+                    &plan.layout.region_dir(&plan.allocation.name),
+                    REGION_DIR_IN_CONTAINER,
+                    true,
+                ),
+                bind(&plan.layout.lock_dir(), LOCK_DIR_IN_CONTAINER, true),
+            ],
             ..ContainerEdits::default()
         }
     }

@@ -214,9 +214,19 @@ fn test_pause_before_rename() {
 pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), StoreError> {
     let region_dir = layout.region_dir(&allocation.name);
     fs::create_dir_all(&region_dir).map_err(io("create", &region_dir))?;
+    let lock_dir = layout.lock_dir();
+    fs::create_dir_all(&lock_dir).map_err(io("create", &lock_dir))?;
     let preload = layout.preload_file(&allocation.name);
     fs::write(&preload, format!("{LIBRARY_IN_CONTAINER}\n")).map_err(io("write", &preload))?;
     let mut limits = Limits::unlimited();
+    // The spec also sets CUDA_DEVICE_SM_LIMIT, which applies to every device
+    // without its own _<i>: mirror that, so region and environment agree.
+    let first_cores = allocation
+        .grants
+        .first()
+        .and_then(|g| g.cores)
+        .map_or(0, u32::from);
+    limits.sm_percent = [first_cores; hami_region::MAX_DEVICES];
     for (i, g) in allocation
         .grants
         .iter()

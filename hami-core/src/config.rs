@@ -41,6 +41,8 @@ pub struct Config {
     /// Percent per device; `None` = no limit (unset, 0 or 100).
     pub sm_limit: [Option<u8>; MAX_DEVICES],
     pub shared_cache: Option<PathBuf>,
+    /// Node-wide lock held around context creation (`HAMI_CORE_CONTEXT_LOCK`).
+    pub context_lock: Option<PathBuf>,
     pub core_policy: CorePolicy,
     pub task_priority: Option<i32>,
     pub log_level: u8,
@@ -114,6 +116,9 @@ impl Config {
         }
 
         cfg.shared_cache = get(keys::ENV_SHARED_CACHE)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        cfg.context_lock = get(keys::ENV_CONTEXT_LOCK)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         if let Some(v) = get(keys::ENV_CORE_POLICY) {

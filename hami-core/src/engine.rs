@@ -59,6 +59,8 @@ pub struct Engine {
     slot: AtomicUsize,
     /// The pid the driver reports for this process (0 = not learned yet).
     host_pid: AtomicU32,
+    /// Node-wide lock file held around context creation.
+    pub context_lock: Option<std::path::PathBuf>,
 }
 
 /// This process's pid, cached (HAMi spent most of an allocation in getpid) and
@@ -143,6 +145,7 @@ impl Engine {
             );
         }
         let mut engine = Self::with_mode(Mode::Enforcing, Some(region));
+        engine.context_lock = config.context_lock.clone();
         for d in 0..MAX_DEVICES {
             engine.limits[d] = (limits.memory_bytes[d] != 0).then_some(limits.memory_bytes[d]);
             engine.sm_limits[d] = u8::try_from(limits.sm_percent[d]).ok().filter(|p| *p != 0);
@@ -170,6 +173,7 @@ impl Engine {
             tracker: SpinLock::new(HashMap::default()),
             slot: AtomicUsize::new(NO_SLOT),
             host_pid: AtomicU32::new(0),
+            context_lock: None,
         }
     }
 

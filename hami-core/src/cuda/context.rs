@@ -42,7 +42,15 @@ fn creating(
     if !e.is_enforcing() {
         return create();
     }
-    let turn = e.region().and_then(|r| r.exclusive());
+    // Containers on one node have different regions: only a node-wide lock
+    // keeps two of them from creating contexts at the same moment.
+    let turn: Option<Box<dyn std::any::Any>> = match &e.context_lock {
+        Some(path) => node_lock(path).map(|l| Box::new(l) as Box<dyn std::any::Any>),
+        None => e
+            .region()
+            .and_then(|r| r.exclusive())
+            .map(|l| Box::new(l) as Box<dyn std::any::Any>),
+    };
     let (pids_before, used_before) = (nvml::compute_pids(device), nvml::device_used(device));
     let rc = create();
     if rc != CUDA_SUCCESS {
@@ -50,11 +58,22 @@ fn creating(
     }
     let (pids_after, used_after) = (nvml::compute_pids(device), nvml::device_used(device));
     drop(turn);
+    crate::hlog!(
+        crate::log::DEBUG,
+        "context on device {device}: driver processes {pids_before:?} -> {pids_after:?}, used {used_before:?} -> {used_after:?}"
+    );
     if e.host_pid().is_none() {
         if let (Some(before), Some(after)) = (pids_before, pids_after) {
             let new: Vec<u32> = after.into_iter().filter(|p| !before.contains(p)).collect();
-            if let [pid] = new[..] {
-                e.set_host_pid(pid);
+            match new[..] {
+                [pid] => e.set_host_pid(pid),
+                [] => {}
+                _ => crate::hlog!(
+                    crate::log::WARN,
+                    "{} processes created contexts at once; cannot tell this process's host pid, so the \
+                     compute share cannot be measured (set HAMI_CORE_CONTEXT_LOCK to a node-wide lock file)",
+                    new.len()
+                ),
             }
         }
     }
@@ -69,6 +88,33 @@ fn creating(
         }
     }
     rc
+}
+
+/// `flock(LOCK_EX)` on a node-wide lock file, released on drop (or death).
+struct NodeLock(std::fs::File);
+
+impl Drop for NodeLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unlocking our own fd.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+fn node_lock(path: &std::path::Path) -> Option<NodeLock> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o666)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| crate::hlog!(crate::log::WARN, "cannot open {}: {e}", path.display()))
+        .ok()?;
+    // SAFETY: flock on an open fd.
+    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(NodeLock(file))
 }
 
 fn destroyed(key: u64) {
