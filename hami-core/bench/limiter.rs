@@ -15,14 +15,7 @@ const SETTLE: usize = 2;
 
 fn main() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-fake-cuda");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-drivers/build.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(&dir)
-        .arg("--apps")
-        .status()
-        .expect("run build.sh");
-    assert!(status.success(), "building the fake driver failed");
+    hami_testkit::fake_gpu::FakeGpu::build(&dir).expect("build the fake GPU");
     let exe = std::env::current_exe().expect("bench path");
     let preload = exe.parent().expect("deps dir").join("libhami_core.so");
 

@@ -45,14 +45,7 @@ const CONFIGS: &[Config] = &[
 
 fn main() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-fake-cuda");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fake-drivers/build.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(&dir)
-        .arg("--apps")
-        .status()
-        .expect("run build.sh");
-    assert!(status.success(), "building the fake driver failed");
+    hami_testkit::fake_gpu::FakeGpu::build(&dir).expect("build the fake GPU");
     let preload = release_cdylib();
 
     // The fake's launches are no-ops here: what remains is the call itself and

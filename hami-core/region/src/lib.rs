@@ -75,14 +75,7 @@ impl Region {
                 source,
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o666)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_err("open"))?;
+        let file = open_shared(path).map_err(io_err("open"))?;
         // flock is released by the kernel if we die here, unlike a lock word in the file.
         let _init_lock = FileLock::exclusive(&file).map_err(io_err("flock"))?;
         let len = file.metadata().map_err(io_err("stat"))?.len();
@@ -432,6 +425,39 @@ fn map(file: Option<&File>, prot: libc::c_int) -> io::Result<NonNull<u8>> {
         return Err(io::Error::last_os_error());
     }
     Ok(NonNull::new(p.cast()).expect("mmap returned null"))
+}
+
+/// Opens a file every process of the container (or node) shares: created if
+/// missing, readable and writable by all, never inherited across exec.
+fn open_shared(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o666)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `flock(LOCK_EX)` on a lock file this guard owns, released on drop or by the
+/// kernel if the process dies. hami-core holds one node-wide around context creation.
+pub struct LockFile {
+    _guard: FileLock,
+    _file: File,
+}
+
+impl LockFile {
+    /// Opens (creating, mode 0666) and locks `path`, waiting for other holders.
+    pub fn acquire(path: &Path) -> io::Result<Self> {
+        let file = open_shared(path)?;
+        let guard = FileLock::exclusive(&file)?;
+        // Field order: the guard unlocks before the file closes.
+        Ok(Self {
+            _guard: guard,
+            _file: file,
+        })
+    }
 }
 
 /// Holds `flock(LOCK_EX)` on an fd. If the fd is closed first, closing released it.

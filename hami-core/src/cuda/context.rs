@@ -90,31 +90,10 @@ fn creating(
     rc
 }
 
-/// `flock(LOCK_EX)` on a node-wide lock file, released on drop (or death).
-struct NodeLock(std::fs::File);
-
-impl Drop for NodeLock {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: unlocking our own fd.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
-
-fn node_lock(path: &std::path::Path) -> Option<NodeLock> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o666)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| crate::hlog!(crate::log::WARN, "cannot open {}: {e}", path.display()))
-        .ok()?;
-    // SAFETY: flock on an open fd.
-    (unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0).then_some(NodeLock(file))
+fn node_lock(path: &std::path::Path) -> Option<crate::region::LockFile> {
+    crate::region::LockFile::acquire(path)
+        .map_err(|e| crate::hlog!(crate::log::WARN, "cannot lock {}: {e}", path.display()))
+        .ok()
 }
 
 fn destroyed(key: u64) {

@@ -218,6 +218,25 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// Runs `args` in a container with `tenant`'s CDI device (after [`Scenario::run`],
+    /// before [`Scenario::clean`]) and returns its stdout.
+    pub fn probe(&self, tenant: &Tenant, args: &[&str]) -> anyhow::Result<String> {
+        let podman = Podman::new()?;
+        let device = format!("{DEFAULT_KIND}={}", tenant.name);
+        let rootfs = self.work.join("rootfs").to_string_lossy().into_owned();
+        let mut all = vec!["--device", device.as_str(), "--rootfs", rootfs.as_str()];
+        all.extend_from_slice(args);
+        let out = podman.run(&all)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 /// `key=<number>` from the first line starting with `prefix `.
 pub fn field(out: &str, prefix: &str, key: &str) -> Option<u64> {
     let line = out.lines().find(|l| l.starts_with(&format!("{prefix} ")))?;

@@ -26,6 +26,17 @@ fn two_containers_share_one_gpu_through_cdi_specs() {
     let mut scenario = Scenario::demo(work.path(), &state, &library, &prefix);
     scenario.saturate_seconds = 4;
     let result = scenario.run();
+    // What CDI put into the container, seen from inside it.
+    let probe = result.as_ref().ok().map(|_| {
+        scenario.probe(
+            &scenario.tenants[0],
+            &[
+                "sh",
+                "-c",
+                "env; ls /dev/nvidia0 /usr/local/vgpu/libhami_core.so; cat /etc/ld.so.preload",
+            ],
+        )
+    });
     scenario.clean();
     let observed = result.unwrap();
     let problems = verify(&scenario.tenants, &observed, scenario.chunk);
@@ -38,6 +49,20 @@ fn two_containers_share_one_gpu_through_cdi_specs() {
             .collect::<Vec<_>>()
             .join("\n---\n")
     );
+    let probe = probe.unwrap().unwrap();
+    for expected in [
+        "CUDA_DEVICE_MEMORY_LIMIT_0=2g",
+        "CUDA_DEVICE_SM_LIMIT=30",
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE=/usr/local/vgpu/region/vgpu.cache",
+        "NVIDIA_VISIBLE_DEVICES=GPU-fa4e0000-0000-4000-8000-000000000000",
+        "/dev/nvidia0",
+        "/usr/local/vgpu/libhami_core.so\n/usr/local/vgpu/libhami_core.so",
+    ] {
+        assert!(
+            probe.contains(expected),
+            "{expected:?} missing in the container:\n{probe}"
+        );
+    }
     for t in &scenario.tenants {
         assert!(
             !std::path::Path::new(&format!("/var/run/cdi/hami.io-vgpu_{}.json", t.name)).exists()
