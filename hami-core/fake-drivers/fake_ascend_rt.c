@@ -1,0 +1,99 @@
+/*
+ * A fake CANN runtime, libruntime.so: host-backed NPU memory on the shared
+ * fake-device state (FAKE_CUDA_TOTAL_MEMORY sets its size; FAKE_NPU_TOTAL_MEMORY
+ * overrides it for the NPU, default 64g).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "ascend_abi.h"
+#include "fake_device.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static __thread int32_t current_device;
+
+static uint64_t npu_total(void) {
+    static uint64_t total;
+    if (!total) {
+        const char *s = getenv("FAKE_NPU_TOTAL_MEMORY");
+        total = s ? strtoull(s, NULL, 10) << 30 : 64ULL << 30; /* in GiB */
+    }
+    return total;
+}
+
+/* pointer -> size, open addressing with tombstones */
+#define SLOTS (1u << 14)
+enum { EMPTY, USED, TOMB };
+static struct {
+    uint64_t key, size;
+    int state;
+} table[SLOTS];
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static unsigned slot(uint64_t k) { return (unsigned)((k * 0x9E3779B97F4A7C15ULL) >> 50) & (SLOTS - 1); }
+
+EXPORT rtError_t rtSetDevice(int32_t device) {
+    if (device < 0 || device >= FAKE_MAX_DEVICES) return ACL_ERROR_INVALID_PARAM;
+    current_device = device;
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtGetDevice(int32_t *device) {
+    *device = current_device;
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtMalloc(void **ptr, uint64_t size, rtMemType_t type, uint16_t module) {
+    (void)type;
+    (void)module;
+    if (!ptr || size == 0) return ACL_ERROR_INVALID_PARAM;
+    _Atomic uint64_t *used = (_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes;
+    uint64_t u = atomic_load(used);
+    do {
+        if (u + size > npu_total()) return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    } while (!atomic_compare_exchange_weak(used, &u, u + size));
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        atomic_fetch_sub(used, size);
+        return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    }
+    pthread_mutex_lock(&lock);
+    unsigned i = slot((uint64_t)(uintptr_t)p);
+    while (table[i].state == USED) i = (i + 1) & (SLOTS - 1);
+    table[i].key = (uint64_t)(uintptr_t)p;
+    table[i].size = size;
+    table[i].state = USED;
+    pthread_mutex_unlock(&lock);
+    *ptr = p;
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtFree(void *ptr) {
+    uint64_t k = (uint64_t)(uintptr_t)ptr, size = 0;
+    pthread_mutex_lock(&lock);
+    for (unsigned i = slot(k), n = 0; n < SLOTS && table[i].state != EMPTY; i = (i + 1) & (SLOTS - 1), n++) {
+        if (table[i].state == USED && table[i].key == k) {
+            size = table[i].size;
+            table[i].state = TOMB;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (!size) return ACL_ERROR_INVALID_PARAM;
+    munmap(ptr, size);
+    atomic_fetch_sub((_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes, size);
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtMemGetInfoEx(rtMemInfoType_t type, size_t *free_bytes, size_t *total_bytes) {
+    (void)type;
+    uint64_t used = atomic_load((_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes);
+    *total_bytes = npu_total();
+    *free_bytes = used > npu_total() ? 0 : npu_total() - used;
+    return RT_ERROR_NONE;
+}
