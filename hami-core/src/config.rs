@@ -95,7 +95,19 @@ impl Config {
                 }
             }
         };
-        let all = memory(keys::ENV_MEMORY_LIMIT)?;
+        // Precedence: a limit in the shared region (written by the node side)
+        // over CUDA_DEVICE_MEMORY_LIMIT_<i> over CUDA_DEVICE_MEMORY_LIMIT over
+        // the Ascend device plugin's NPU_MEM_QUOTA (MiB).
+        let npu = match get(keys::ENV_NPU_MEM_QUOTA) {
+            None => None,
+            Some(v) => {
+                let q =
+                    MemoryQuota::parse(&v, hami_api::quota::BareUnit::Mebibytes, "NPU_MEM_QUOTA")
+                        .map_err(|e| invalid(keys::ENV_NPU_MEM_QUOTA, &v, e.to_string()))?;
+                (q.bytes() != 0).then_some(q.bytes())
+            }
+        };
+        let all = memory(keys::ENV_MEMORY_LIMIT)?.or(npu);
         for (i, slot) in cfg.memory_limit.iter_mut().enumerate() {
             *slot = memory(&keys::env_memory_limit_for(i))?.or(all);
         }
@@ -134,6 +146,12 @@ impl Config {
                     ))
                 }
             };
+        }
+        if let Some(v) = get(keys::ENV_NPU_PRIORITY) {
+            cfg.task_priority =
+                Some(v.parse().map_err(|_| {
+                    invalid(keys::ENV_NPU_PRIORITY, &v, "expected an integer".into())
+                })?);
         }
         if let Some(v) = get(keys::ENV_TASK_PRIORITY) {
             cfg.task_priority =
@@ -209,6 +227,24 @@ mod tests {
     }
 
     #[test]
+    fn npu_quota_is_mib_and_yields_to_cuda_limits() {
+        let c = cfg(&[("NPU_MEM_QUOTA", "16384")]).unwrap();
+        assert_eq!(c.memory_limit[0], Some(16 << 30));
+        assert_eq!(c.memory_limit[7], Some(16 << 30));
+        let c = cfg(&[
+            ("NPU_MEM_QUOTA", "16384"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+        ])
+        .unwrap();
+        assert_eq!(c.memory_limit[0], Some(1 << 30));
+        assert_eq!(c.memory_limit[1], Some(16 << 30));
+        assert_eq!(
+            cfg(&[("NPU_PRIORITY", "1")]).unwrap().task_priority,
+            Some(1)
+        );
+    }
+
+    #[test]
     fn garbage_is_an_error_naming_the_variable() {
         for (var, value) in [
             ("CUDA_DEVICE_MEMORY_LIMIT", "4Gi"),
@@ -219,6 +255,8 @@ mod tests {
             ("CUDA_TASK_PRIORITY", "high"),
             ("LIBCUDA_LOG_LEVEL", "verbose"),
             ("CUDA_DISABLE_CONTROL", "yes please"),
+            ("NPU_MEM_QUOTA", "16GB"),
+            ("NPU_PRIORITY", "urgent"),
         ] {
             let err = cfg(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var) && err.contains(value), "{err}");

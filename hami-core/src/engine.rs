@@ -313,6 +313,51 @@ fn report_recovery(guard: &crate::region::RegionGuard<'_>) {
     }
 }
 
+/// Reserve `bytes`, run the driver call, then track its result under the key
+/// it returns, or give the bytes back if it failed. Drivers' success code is 0;
+/// `oom` is what a refused reservation returns (each API has its own).
+pub fn charged(
+    kind: Kind,
+    device: usize,
+    bytes: u64,
+    oom: i32,
+    call: impl FnOnce() -> (i32, u64),
+) -> i32 {
+    let e = engine();
+    if e.reserve(device, bytes).is_err() {
+        return oom;
+    }
+    let (rc, key) = call();
+    if rc == 0 {
+        e.track(kind, key, Charge { device, bytes });
+    } else {
+        e.release(device, bytes);
+    }
+    rc
+}
+
+/// Run a driver free and give back what `key` was charged, if the driver agreed.
+pub fn uncharged(kind: Kind, key: u64, call: impl FnOnce() -> i32) -> i32 {
+    let e = engine();
+    let charge = e.untrack(kind, key);
+    let rc = call();
+    match charge {
+        Some(c) if rc == 0 => e.release(c.device, c.bytes),
+        Some(c) => e.retrack(kind, key, c),
+        None => {}
+    }
+    rc
+}
+
+/// Free and total memory as the container should see them on `device`.
+pub fn quota_view(device: usize, real_free: u64, real_total: u64) -> (u64, u64) {
+    let e = engine();
+    match e.memory_limit(device) {
+        Some(limit) => (limit.saturating_sub(e.used(device)).min(real_free), limit),
+        None => (real_free, real_total),
+    }
+}
+
 /// Pointers and handles are already well-mixed integers; a multiplicative hash
 /// is enough and far cheaper than SipHash on the allocation path.
 #[derive(Default)]

@@ -7,10 +7,12 @@
 //! - [`engine`]: reserve-before-allocate accounting and pointer tracking;
 //! - [`cuda`]: the exported driver entry points, `cuGetProcAddress` and the `dlsym` override;
 //! - [`nvml`]: NVML memory queries that show the quota;
-//! - [`limiter`]: the compute share, a closed loop on kernel launches fed by NVML.
+//! - [`limiter`]: the compute share, a closed loop on kernel launches fed by NVML;
+//! - [`ascend`]: the same memory quota in front of CANN's runtime and AscendCL.
 //!
-//! Not implemented yet: the Ascend front end.
+//! Not implemented yet: time-slicing of Ascend NPUs between containers.
 
+pub mod ascend;
 pub mod config;
 pub mod cuda;
 pub mod engine;

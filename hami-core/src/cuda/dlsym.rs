@@ -79,6 +79,7 @@ extern "C" fn hami_dlsym_hook(_handle: *mut c_void, symbol: *const c_char) -> *m
     super::hooks::hook_for_name(name.to_bytes())
         .or_else(|| super::context::hook_for_name(name.to_bytes()))
         .or_else(|| crate::nvml::hook_for_name(name.to_bytes()))
+        .or_else(|| crate::ascend::hook_for_name(name.to_bytes()))
         .unwrap_or(std::ptr::null_mut())
 }
 

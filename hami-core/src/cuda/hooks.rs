@@ -32,31 +32,10 @@ fn charged(
     bytes: u64,
     call: impl FnOnce() -> (CUresult, u64),
 ) -> CUresult {
-    let e = engine();
-    if e.reserve(device, bytes).is_err() {
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    let (rc, key) = call();
-    if rc == CUDA_SUCCESS {
-        e.track(kind, key, Charge { device, bytes });
-    } else {
-        e.release(device, bytes);
-    }
-    rc
+    crate::engine::charged(kind, device, bytes, CUDA_ERROR_OUT_OF_MEMORY, call)
 }
 
-/// Run a driver free and return what `key` was charged, if the driver agreed.
-fn uncharged(kind: Kind, key: u64, call: impl FnOnce() -> CUresult) -> CUresult {
-    let e = engine();
-    let charge = e.untrack(kind, key);
-    let rc = call();
-    match charge {
-        Some(c) if rc == CUDA_SUCCESS => e.release(c.device, c.bytes),
-        Some(c) => e.retrack(kind, key, c),
-        None => {}
-    }
-    rc
-}
+use crate::engine::{quota_view, uncharged};
 
 // ---- plain allocations -------------------------------------------------------
 
@@ -157,15 +136,6 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
 }
 
 // ---- memory info ---------------------------------------------------------------
-
-/// Free and total as the container should see them on `device`.
-fn quota_view(device: usize, real_free: u64, real_total: u64) -> (u64, u64) {
-    let e = engine();
-    match e.memory_limit(device) {
-        Some(limit) => (limit.saturating_sub(e.used(device)).min(real_free), limit),
-        None => (real_free, real_total),
-    }
-}
 
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {

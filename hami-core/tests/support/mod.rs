@@ -116,3 +116,21 @@ pub fn field(stdout: &str, prefix: &str, key: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// The AscendCL test app with hami-core preloaded and a clean environment.
+pub fn npu_app() -> Command {
+    let fx = fixture();
+    let mut c = Command::new(fx.dir.join("npu_app"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CUDA_")
+            || k.starts_with("NPU_")
+            || k.starts_with("FAKE_")
+            || k == "LD_PRELOAD"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("LD_LIBRARY_PATH", &fx.dir)
+        .env("LD_PRELOAD", &fx.preload);
+    c
+}
