@@ -20,6 +20,8 @@ typedef int aclError;
 typedef enum { ACL_MEM_MALLOC_HUGE_FIRST = 0, ACL_MEM_MALLOC_HUGE_ONLY = 1, ACL_MEM_MALLOC_NORMAL_ONLY = 2 } aclrtMemMallocPolicy;
 typedef enum { ACL_DDR_MEM = 0, ACL_HBM_MEM = 1 } aclrtMemAttr;
 typedef uint32_t rtMemType_t;
+typedef void *rtStream_t;
+typedef void *rtModel_t;
 typedef uint32_t rtMemInfoType_t;
 
 #endif

@@ -97,3 +97,42 @@ EXPORT rtError_t rtMemGetInfoEx(rtMemInfoType_t type, size_t *free_bytes, size_t
     *free_bytes = used > npu_total() ? 0 : npu_total() - used;
     return RT_ERROR_NONE;
 }
+
+/* Kernel launches: blockDim blocks on the current device's timed queue.
+ * Argument structures are opaque here, as they are to an interposer. */
+EXPORT rtError_t rtKernelLaunchWithFlagV2(const void *stub, uint32_t blockDim, void *args, void *smDesc,
+                                          rtStream_t stream, uint32_t flags, const void *cfg) {
+    (void)stub; (void)args; (void)smDesc; (void)stream; (void)flags; (void)cfg;
+    fake_launch(current_device, blockDim);
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtKernelLaunchWithHandleV2(void *handle, uint64_t tilingKey, uint32_t blockDim, void *args,
+                                            void *smDesc, rtStream_t stream, const void *cfg) {
+    (void)handle; (void)tilingKey; (void)args; (void)smDesc; (void)stream; (void)cfg;
+    fake_launch(current_device, blockDim);
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtAicpuKernelLaunchWithFlag(const void *names, uint32_t blockDim, const void *args,
+                                             void *smDesc, rtStream_t stream, uint32_t flags) {
+    (void)names; (void)args; (void)smDesc; (void)stream; (void)flags;
+    fake_launch(current_device, blockDim);
+    return RT_ERROR_NONE;
+}
+
+EXPORT rtError_t rtAicpuKernelLaunchExWithArgs(uint32_t kernelType, const char *opName, uint32_t blockDim,
+                                               const void *args, void *smDesc, rtStream_t stream,
+                                               uint32_t flags) {
+    (void)kernelType; (void)opName; (void)args; (void)smDesc; (void)stream; (void)flags;
+    fake_launch(current_device, blockDim);
+    return RT_ERROR_NONE;
+}
+
+/* A model runs as one launch of FAKE_CUDA_GRAPH_BLOCKS blocks (default 1024). */
+EXPORT rtError_t rtModelExecute(rtModel_t model, rtStream_t stream, uint32_t flag) {
+    (void)model; (void)stream; (void)flag;
+    const char *b = getenv("FAKE_CUDA_GRAPH_BLOCKS");
+    fake_launch(current_device, b ? strtoull(b, NULL, 10) : 1024);
+    return RT_ERROR_NONE;
+}

@@ -538,33 +538,9 @@ EXPORT CUresult cuModuleGetFunction(CUfunction *fn, CUmodule module, const char 
     return CUDA_SUCCESS;
 }
 
-static void account_busy(int device, uint64_t ns) {
-    struct fake_proc_busy *p = fake_proc(device);
-    if (p) atomic_fetch_add((_Atomic uint64_t *)&p->busy_ns_total, ns);
-    atomic_fetch_add((_Atomic uint64_t *)&fake_state()->dev[device].busy_ns_total, ns);
-}
-
-/* The device runs sm_count blocks at a time; the queue is device-wide. */
 static CUresult launch(unsigned gx, unsigned gy, unsigned gz) {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
-    const struct fake_config *c = fake_config();
-    if (c->launch_noop) return CUDA_SUCCESS;
-    uint64_t blocks = (uint64_t)gx * gy * gz;
-    uint64_t waves = (blocks + (uint64_t)c->sm_count - 1) / (uint64_t)(c->sm_count > 0 ? c->sm_count : 1);
-    uint64_t ns = waves * c->ns_per_block;
-    int device = current_device();
-    _Atomic uint64_t *until = (_Atomic uint64_t *)&fake_state()->dev[device].busy_until_ns;
-    uint64_t now = fake_now_ns(), old = atomic_load(until), next;
-    do {
-        next = (old > now ? old : now) + ns;
-    } while (!atomic_compare_exchange_weak(until, &old, next));
-    account_busy(device, ns);
-    /* A full hardware queue makes the launch itself wait. */
-    if (next > now + c->queue_ns) {
-        uint64_t d = next - c->queue_ns - now;
-        struct timespec ts = {(time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL)};
-        nanosleep(&ts, NULL);
-    }
+    fake_launch(current_device(), (uint64_t)gx * gy * gz);
     return CUDA_SUCCESS;
 }
 

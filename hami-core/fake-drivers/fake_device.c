@@ -119,3 +119,28 @@ struct fake_proc_busy *fake_proc(int device) {
     }
     return NULL;
 }
+
+static void account_busy(int device, uint64_t ns) {
+    struct fake_proc_busy *p = fake_proc(device);
+    if (p) __atomic_fetch_add(&p->busy_ns_total, ns, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&fake_state()->dev[device].busy_ns_total, ns, __ATOMIC_RELAXED);
+}
+
+void fake_launch(int device, uint64_t blocks) {
+    const struct fake_config *c = fake_config();
+    if (c->launch_noop) return;
+    uint64_t sm = c->sm_count > 0 ? (uint64_t)c->sm_count : 1;
+    uint64_t ns = (blocks + sm - 1) / sm * c->ns_per_block;
+    uint64_t *until = &fake_state()->dev[device].busy_until_ns;
+    uint64_t now = fake_now_ns(), old = __atomic_load_n(until, __ATOMIC_ACQUIRE), next;
+    do {
+        next = (old > now ? old : now) + ns;
+    } while (!__atomic_compare_exchange_n(until, &old, next, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    account_busy(device, ns);
+    /* A full hardware queue makes the launch itself wait. */
+    if (next > now + c->queue_ns) {
+        uint64_t d = next - c->queue_ns - now;
+        struct timespec ts = {(time_t)(d / 1000000000ULL), (long)(d % 1000000000ULL)};
+        nanosleep(&ts, NULL);
+    }
+}

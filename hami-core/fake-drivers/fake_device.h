@@ -62,5 +62,8 @@ int fake_uuid(int index, char *out, unsigned int len);
 uint32_t fake_device_pid(void);
 /* The device's record for this process, created on first use (NULL if full). */
 struct fake_proc_busy *fake_proc(int device);
+/* Queues a kernel of `blocks` thread blocks on the device: sm_count run at a
+ * time for ns_per_block each; blocks while the queue holds more than queue_ns. */
+void fake_launch(int device, uint64_t blocks);
 
 #endif

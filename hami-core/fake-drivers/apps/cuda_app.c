@@ -29,6 +29,7 @@
 
 #include "../cuda_abi.h"
 #include "../fake_device.h"
+#include "saturate.h"
 
 typedef CUresult (*proc_v2_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
 
@@ -212,62 +213,19 @@ static void legacy_info(void) {
            s.guard0 == 0xdeadbeef && s.guard1 == 0xdeadbeef && s.guard2 == 0xdeadbeef ? "intact" : "CLOBBERED", rc);
 }
 
-/* This process's kernel time on device 0 so far, from the fake device's own
- * books (FAKE_CUDA_STATE): the ground truth a limiter is judged against. */
-static uint64_t my_busy_ns(void) {
-    static struct fake_state *st;
-    if (!st) {
-        const char *path = getenv("FAKE_CUDA_STATE");
-        int fd = path ? open(path, O_RDONLY) : -1;
-        if (fd < 0) {
-            fprintf(stderr, "cuda_app: saturate needs FAKE_CUDA_STATE\n");
-            exit(2);
-        }
-        st = mmap(NULL, sizeof *st, PROT_READ, MAP_SHARED, fd, 0);
-        close(fd);
-        if (st == MAP_FAILED) exit(2);
-    }
-    /* The device names processes with FAKE_CUDA_PID_OFFSET added. */
-    const char *offset = getenv("FAKE_CUDA_PID_OFFSET");
-    uint32_t me = (uint32_t)getpid() + (offset ? (uint32_t)atoi(offset) : 0);
-    for (int i = 0; i < FAKE_MAX_PROCS; i++)
-        if (__atomic_load_n(&st->dev[0].procs[i].pid, __ATOMIC_ACQUIRE) == me)
-            return __atomic_load_n(&st->dev[0].procs[i].busy_ns_total, __ATOMIC_ACQUIRE);
-    return 0;
-}
+/* One launch of `kind` with `blocks` blocks, for saturate_loop. */
+struct launch_args {
+    const char *kind;
+    unsigned blocks;
+};
 
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* Launch as fast as allowed for `seconds`, printing the device share this
- * process got in each whole second. */
-static void saturate(const char *kind, unsigned long long seconds, unsigned blocks) {
-    CUlaunchConfig cfg = {blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, 0};
-    double start = mono_s(), mark = start;
-    uint64_t busy_mark = my_busy_ns();
-    int second = 0;
-    while (second < (int)seconds) {
-        CUresult rc;
-        if (strcmp(kind, "ex") == 0) rc = api.launch_ex(&cfg, NULL, NULL, NULL);
-        else if (strcmp(kind, "coop") == 0) rc = api.launch_coop(NULL, blocks, 1, 1, 128, 1, 1, 0, NULL, NULL);
-        else if (strcmp(kind, "graph") == 0) rc = api.graph_launch(NULL, NULL);
-        else rc = api.launch(NULL, blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, NULL);
-        if (rc != CUDA_SUCCESS) {
-            printf("saturate rc=%d\n", rc);
-            return;
-        }
-        double t = mono_s();
-        if (t - mark >= 1.0) {
-            uint64_t busy = my_busy_ns();
-            printf("util second=%d percent=%.2f\n", second++, (double)(busy - busy_mark) / ((t - mark) * 1e7));
-            mark = t;
-            busy_mark = busy;
-        }
-    }
-    printf("saturate rc=0\n");
+static int launch_one(void *arg) {
+    const struct launch_args *a = arg;
+    CUlaunchConfig cfg = {a->blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, 0};
+    if (strcmp(a->kind, "ex") == 0) return api.launch_ex(&cfg, NULL, NULL, NULL);
+    if (strcmp(a->kind, "coop") == 0) return api.launch_coop(NULL, a->blocks, 1, 1, 128, 1, 1, 0, NULL, NULL);
+    if (strcmp(a->kind, "graph") == 0) return api.graph_launch(NULL, NULL);
+    return api.launch(NULL, a->blocks, 1, 1, 128, 1, 1, 0, NULL, NULL, NULL);
 }
 
 static void nvml_info(void) {
@@ -434,7 +392,8 @@ int main(int argc, char **argv) {
         } else if (strcmp(op, "saturate") == 0) {
             const char *kind = i + 1 < argc ? argv[++i] : "kernel";
             unsigned long long secs = arg_u64(argv, &i, argc), blocks = arg_u64(argv, &i, argc);
-            saturate(kind, secs, (unsigned)blocks);
+            struct launch_args a = {kind, (unsigned)blocks};
+            saturate_loop(secs, launch_one, &a);
         } else if (strcmp(op, "sync") == 0) {
             printf("sync rc=%d\n", api.sync());
         } else if (strcmp(op, "sleep-ms") == 0) {

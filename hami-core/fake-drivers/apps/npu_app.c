@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "../ascend_abi.h"
+#include "saturate.h"
 
 static aclError (*acl_init)(const char *);
 static aclError (*acl_set_device)(int32_t);
@@ -22,6 +22,26 @@ static aclError (*acl_get_mem_info)(aclrtMemAttr, size_t *, size_t *);
 static rtError_t (*rt_malloc)(void **, uint64_t, rtMemType_t, uint16_t);
 static rtError_t (*rt_free)(void *);
 static rtError_t (*rt_mem_get_info)(rtMemInfoType_t, size_t *, size_t *);
+static rtError_t (*rt_launch_flag)(const void *, uint32_t, void *, void *, rtStream_t, uint32_t, const void *);
+static rtError_t (*rt_launch_handle)(void *, uint64_t, uint32_t, void *, void *, rtStream_t, const void *);
+static rtError_t (*rt_aicpu)(const void *, uint32_t, const void *, void *, rtStream_t, uint32_t);
+static rtError_t (*rt_aicpu_ex)(uint32_t, const char *, uint32_t, const void *, void *, rtStream_t, uint32_t);
+static rtError_t (*rt_model_execute)(rtModel_t, rtStream_t, uint32_t);
+
+struct launch_args {
+    const char *kind;
+    uint32_t blocks;
+};
+
+/* One launch through the entry point `kind` names. */
+static int launch_one(void *arg) {
+    const struct launch_args *a = arg;
+    if (strcmp(a->kind, "handle") == 0) return rt_launch_handle(NULL, 0, a->blocks, NULL, NULL, NULL, NULL);
+    if (strcmp(a->kind, "aicpu") == 0) return rt_aicpu(NULL, a->blocks, NULL, NULL, NULL, 0);
+    if (strcmp(a->kind, "aicpu-ex") == 0) return rt_aicpu_ex(0, "op", a->blocks, NULL, NULL, NULL, 0);
+    if (strcmp(a->kind, "model") == 0) return rt_model_execute(NULL, NULL, 0);
+    return rt_launch_flag(NULL, a->blocks, NULL, NULL, NULL, 0, NULL);
+}
 
 static void *must(void *lib, const char *name) {
     void *p = dlsym(lib, name);
@@ -64,6 +84,11 @@ int main(int argc, char **argv) {
     rt_malloc = must(rt, "rtMalloc");
     rt_free = must(rt, "rtFree");
     rt_mem_get_info = must(rt, "rtMemGetInfoEx");
+    rt_launch_flag = must(rt, "rtKernelLaunchWithFlagV2");
+    rt_launch_handle = must(rt, "rtKernelLaunchWithHandleV2");
+    rt_aicpu = must(rt, "rtAicpuKernelLaunchWithFlag");
+    rt_aicpu_ex = must(rt, "rtAicpuKernelLaunchExWithArgs");
+    rt_model_execute = must(rt, "rtModelExecute");
     aclError rc = acl_init(NULL);
     if (rc == ACL_SUCCESS) rc = acl_set_device(0);
     printf("init rc=%d\n", rc);
@@ -98,6 +123,11 @@ int main(int argc, char **argv) {
             size_t f = 0, t = 0;
             rc = op[0] == 'r' ? rt_mem_get_info(0, &f, &t) : acl_get_mem_info(ACL_HBM_MEM, &f, &t);
             printf("%s free=%zu total=%zu rc=%d\n", op, f, t, rc);
+        } else if (strcmp(op, "saturate") == 0) {
+            const char *kind = i + 1 < argc ? argv[++i] : "flag";
+            unsigned long long secs = num(argv, &i, argc), blocks = num(argv, &i, argc);
+            struct launch_args a = {kind, (uint32_t)blocks};
+            saturate_loop(secs, launch_one, &a);
         } else if (strcmp(op, "ready") == 0) {
             printf("ready\n");
         } else if (strcmp(op, "pause") == 0) {
