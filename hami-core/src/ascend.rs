@@ -16,7 +16,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use std::cell::Cell;
-use std::ffi::{c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::OnceLock;
 
 use crate::cuda::dlsym::typed_symbol;
@@ -26,6 +26,8 @@ pub const ACL_SUCCESS: c_int = 0;
 pub const ACL_ERROR_RT_MEMORY_ALLOCATION: c_int = 207_001;
 /// Returned when the real library cannot be found.
 const ACL_ERROR_UNINITIALIZE: c_int = 100_001;
+/// Returned for a launch refused because no schedule exists under `force`.
+pub const ACL_ERROR_RT_INTERNAL_ERROR: c_int = 507_899;
 
 thread_local! {
     static IN_ACL: Cell<bool> = const { Cell::new(false) };
@@ -243,6 +245,89 @@ pub unsafe extern "C" fn aclrtGetMemInfo(attr: u32, free: *mut usize, total: *mu
     rc
 }
 
+// ---- launches: time-sliced between the containers on the NPU --------------------------
+
+type LaunchFlagV2 = unsafe extern "C" fn(
+    *const c_void,
+    u32,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    u32,
+    *const c_void,
+) -> c_int;
+type LaunchHandleV2 = unsafe extern "C" fn(
+    *mut c_void,
+    u64,
+    u32,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *const c_void,
+) -> c_int;
+type AicpuLaunch =
+    unsafe extern "C" fn(*const c_void, u32, *const c_void, *mut c_void, *mut c_void, u32) -> c_int;
+type AicpuLaunchEx = unsafe extern "C" fn(
+    u32,
+    *const c_char,
+    u32,
+    *const c_void,
+    *mut c_void,
+    *mut c_void,
+    u32,
+) -> c_int;
+type ModelExecute = unsafe extern "C" fn(*mut c_void, *mut c_void, u32) -> c_int;
+
+fn launch_symbol<F: Copy>(cache: &'static OnceLock<Option<F>>, name: &CStr) -> Option<F> {
+    *cache.get_or_init(|| {
+        let rt = open(c"libruntime.so");
+        // SAFETY: F is the symbol's ABI, per the caller.
+        (!rt.is_null())
+            .then(|| unsafe { typed_symbol(rt, name) })
+            .flatten()
+    })
+}
+
+/// Waits for this container's time window when the device has a share.
+fn admit() -> Option<c_int> {
+    let device = current_device();
+    let share = crate::engine::engine().sm_limit(device)?;
+    match crate::slicer::slicer().admit(device as u32, u32::from(share)) {
+        crate::slicer::Decision::Go => None,
+        crate::slicer::Decision::Refuse => Some(ACL_ERROR_RT_INTERNAL_ERROR),
+    }
+}
+
+macro_rules! launch_hook {
+    ($name:ident, $ty:ty, ($($arg:ident: $argty:ty),*)) => {
+        #[no_mangle]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "C" fn $name($($arg: $argty),*) -> c_int {
+            static REAL: OnceLock<Option<$ty>> = OnceLock::new();
+            let Some(f) = launch_symbol(&REAL, {
+                const NAME: &CStr = match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                    Ok(n) => n,
+                    Err(_) => panic!("bad symbol name"),
+                };
+                NAME
+            }) else {
+                return ACL_ERROR_UNINITIALIZE;
+            };
+            if let Some(refused) = admit() {
+                return refused;
+            }
+            // SAFETY: passed through.
+            unsafe { f($($arg),*) }
+        }
+    };
+}
+
+launch_hook!(rtKernelLaunchWithFlagV2, LaunchFlagV2, (stub: *const c_void, block_dim: u32, args: *mut c_void, sm: *mut c_void, stream: *mut c_void, flags: u32, cfg: *const c_void));
+launch_hook!(rtKernelLaunchWithHandleV2, LaunchHandleV2, (handle: *mut c_void, tiling_key: u64, block_dim: u32, args: *mut c_void, sm: *mut c_void, stream: *mut c_void, cfg: *const c_void));
+launch_hook!(rtAicpuKernelLaunchWithFlag, AicpuLaunch, (names: *const c_void, block_dim: u32, args: *const c_void, sm: *mut c_void, stream: *mut c_void, flags: u32));
+launch_hook!(rtAicpuKernelLaunchExWithArgs, AicpuLaunchEx, (kernel_type: u32, op_name: *const c_char, block_dim: u32, args: *const c_void, sm: *mut c_void, stream: *mut c_void, flags: u32));
+launch_hook!(rtModelExecute, ModelExecute, (model: *mut c_void, stream: *mut c_void, flag: u32));
+
 /// Our function for an Ascend symbol name (for the `dlsym` override).
 pub fn hook_for_name(name: &[u8]) -> Option<*mut c_void> {
     Some(match name {
@@ -253,6 +338,11 @@ pub fn hook_for_name(name: &[u8]) -> Option<*mut c_void> {
         b"aclrtMallocAlign32" => aclrtMallocAlign32 as *mut c_void,
         b"aclrtFree" => aclrtFree as *mut c_void,
         b"aclrtGetMemInfo" => aclrtGetMemInfo as *mut c_void,
+        b"rtKernelLaunchWithFlagV2" => rtKernelLaunchWithFlagV2 as *mut c_void,
+        b"rtKernelLaunchWithHandleV2" => rtKernelLaunchWithHandleV2 as *mut c_void,
+        b"rtAicpuKernelLaunchWithFlag" => rtAicpuKernelLaunchWithFlag as *mut c_void,
+        b"rtAicpuKernelLaunchExWithArgs" => rtAicpuKernelLaunchExWithArgs as *mut c_void,
+        b"rtModelExecute" => rtModelExecute as *mut c_void,
         _ => return None,
     })
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub shared_cache: Option<PathBuf>,
     /// Node-wide lock held around context creation (`HAMI_CORE_CONTEXT_LOCK`).
     pub context_lock: Option<PathBuf>,
+    /// Node-wide NPU schedule file (`HAMI_CORE_NPU_SCHEDULE`).
+    pub npu_schedule: Option<PathBuf>,
     pub core_policy: CorePolicy,
     pub task_priority: Option<i32>,
     pub log_level: u8,
@@ -131,6 +133,9 @@ impl Config {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         cfg.context_lock = get(keys::ENV_CONTEXT_LOCK)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        cfg.npu_schedule = get(keys::ENV_NPU_SCHEDULE)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from);
         if let Some(v) = get(keys::ENV_CORE_POLICY) {

@@ -61,6 +61,8 @@ pub struct Engine {
     host_pid: AtomicU32,
     /// Node-wide lock file held around context creation.
     pub context_lock: Option<std::path::PathBuf>,
+    /// Node-wide NPU schedule file.
+    pub schedule: Option<std::path::PathBuf>,
 }
 
 /// This process's pid, cached (HAMi spent most of an allocation in getpid) and
@@ -146,6 +148,7 @@ impl Engine {
         }
         let mut engine = Self::with_mode(Mode::Enforcing, Some(region));
         engine.context_lock = config.context_lock.clone();
+        engine.schedule = config.npu_schedule.clone();
         for d in 0..MAX_DEVICES {
             engine.limits[d] = (limits.memory_bytes[d] != 0).then_some(limits.memory_bytes[d]);
             engine.sm_limits[d] = u8::try_from(limits.sm_percent[d]).ok().filter(|p| *p != 0);
@@ -174,6 +177,7 @@ impl Engine {
             slot: AtomicUsize::new(NO_SLOT),
             host_pid: AtomicU32::new(0),
             context_lock: None,
+            schedule: None,
         }
     }
 

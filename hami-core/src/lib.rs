@@ -8,9 +8,8 @@
 //! - [`cuda`]: the exported driver entry points, `cuGetProcAddress` and the `dlsym` override;
 //! - [`nvml`]: NVML memory queries that show the quota;
 //! - [`limiter`]: the compute share, a closed loop on kernel launches fed by NVML;
-//! - [`ascend`]: the same memory quota in front of CANN's runtime and AscendCL.
-//!
-//! Not implemented yet: time-slicing of Ascend NPUs between containers.
+//! - [`ascend`]: the same memory quota in front of CANN's runtime and AscendCL;
+//! - [`slicer`]: weighted time-slicing of an NPU between containers, coordinator-free.
 
 pub mod ascend;
 pub mod config;
@@ -19,6 +18,7 @@ pub mod engine;
 pub mod limiter;
 pub mod log;
 pub mod nvml;
+pub mod slicer;
 /// The shared accounting region (its own crate, so the node side can read it
 /// without linking the interposer).
 pub use hami_region as region;
