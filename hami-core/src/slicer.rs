@@ -131,9 +131,16 @@ fn container_key() -> u64 {
     let region = engine().region().map(|r| r.path().to_path_buf());
     let key = region
         .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| m.dev().rotate_left(32) ^ m.ino())
+        .map(|m| key_of(m.dev(), m.ino()))
         .unwrap_or_else(|| u64::from(std::process::id()) << 20);
-    key | 1
+    key.max(1)
+}
+
+/// A file's identity as a key. 0 marks a free entry; the caller maps it to 1.
+/// (Or-ing in a 1 instead merged the keys of files with consecutive inodes,
+/// and two containers then shared one window.)
+fn key_of(dev: u64, ino: u64) -> u64 {
+    dev.rotate_left(32) ^ ino
 }
 
 pub fn slicer() -> &'static Slicer {
@@ -188,7 +195,18 @@ impl Slicer {
         loop {
             let now = now_ns();
             self.beat(entries, device, share, now);
-            let Some((start, len)) = window(entries, self.key, device, now) else {
+            let computed = window(entries, self.key, device, now);
+            if log::enabled(log::DEBUG) {
+                thread_local!(static LAST: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) });
+                if LAST.with(|l| l.replace(computed)) != computed {
+                    hlog!(
+                        log::DEBUG,
+                        "NPU {device}: window {computed:?} of {PERIOD_NS} ns (key {:#x})",
+                        self.key
+                    );
+                }
+            }
+            let Some((start, len)) = computed else {
                 return Decision::Go;
             };
             let phase = now % PERIOD_NS;
@@ -296,6 +314,12 @@ mod tests {
         assert_eq!(window(&t, 3, 0, NOW), Some((80_000_000, 20_000_000)));
         // Alone on device 1: nothing to share.
         assert_eq!(window(&t, 9, 1, NOW), None);
+    }
+
+    #[test]
+    fn consecutive_inodes_get_distinct_keys() {
+        assert_ne!(key_of(0xfe, 0x99_404e), key_of(0xfe, 0x99_404f));
+        assert_ne!(key_of(1, 7), key_of(2, 7));
     }
 
     #[test]
