@@ -22,6 +22,8 @@ pub const PRELOAD_FILE: &str = "ld.so.preload";
 /// The node-wide lock directory inside every container, and the lock file in it.
 pub const LOCK_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/lock";
 pub const CONTEXT_LOCK_FILE: &str = "context.lock";
+/// The node-wide NPU schedule file, beside the lock (Ascend time-slicing).
+pub const NPU_SCHEDULE_FILE: &str = "npu-schedule";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -157,6 +159,10 @@ impl EditSource for QuotaEnv {
                 if let Some(bytes) = plan.devices.first().and_then(|(g, _)| g.memory_bytes) {
                     env.push(format!("{}={}", keys::ENV_NPU_MEM_QUOTA, bytes >> 20));
                 }
+                env.push(format!(
+                    "{}={LOCK_DIR_IN_CONTAINER}/{NPU_SCHEDULE_FILE}",
+                    keys::ENV_NPU_SCHEDULE
+                ));
             }
         }
         ContainerEdits {

@@ -136,3 +136,13 @@ EXPORT rtError_t rtModelExecute(rtModel_t model, rtStream_t stream, uint32_t fla
     fake_launch(current_device, b ? strtoull(b, NULL, 10) : 1024);
     return RT_ERROR_NONE;
 }
+
+/* Physical memory handles (virtual memory management): charged like rtMalloc;
+ * the handle is the backing address. */
+EXPORT rtError_t rtMallocPhysical(void **handle, size_t size, const void *prop, uint64_t flags) {
+    (void)prop;
+    (void)flags;
+    return rtMalloc(handle, size, 0, 0);
+}
+
+EXPORT rtError_t rtFreePhysical(void *handle) { return rtFree(handle); }

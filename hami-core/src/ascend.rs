@@ -50,6 +50,7 @@ type RtFree = unsafe extern "C" fn(*mut c_void) -> c_int;
 type MemInfo = unsafe extern "C" fn(u32, *mut usize, *mut usize) -> c_int;
 type GetDevice = unsafe extern "C" fn(*mut i32) -> c_int;
 type AclMalloc = unsafe extern "C" fn(*mut *mut c_void, usize, c_int) -> c_int;
+type MallocPhysical = unsafe extern "C" fn(*mut *mut c_void, usize, *const c_void, u64) -> c_int;
 
 struct Real {
     rt_malloc: Option<RtMalloc>,
@@ -196,6 +197,44 @@ pub unsafe extern "C" fn rtMemGetInfoEx(kind: u32, free: *mut usize, total: *mut
     rc
 }
 
+/// Physical memory for virtual memory management: charged like rtMalloc,
+/// tracked by its handle.
+#[no_mangle]
+pub unsafe extern "C" fn rtMallocPhysical(
+    handle: *mut *mut c_void,
+    size: usize,
+    prop: *const c_void,
+    flags: u64,
+) -> c_int {
+    static REAL: OnceLock<Option<MallocPhysical>> = OnceLock::new();
+    let Some(f) = runtime_symbol(&REAL, c"rtMallocPhysical") else {
+        return ACL_ERROR_UNINITIALIZE;
+    };
+    if inside_acl() {
+        // SAFETY: passed through.
+        return unsafe { f(handle, size, prop, flags) };
+    }
+    // SAFETY: passed through.
+    allocate(
+        || written(unsafe { f(handle, size, prop, flags) }, handle),
+        size as u64,
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn rtFreePhysical(handle: *mut c_void) -> c_int {
+    static REAL: OnceLock<Option<RtFree>> = OnceLock::new();
+    let Some(f) = runtime_symbol(&REAL, c"rtFreePhysical") else {
+        return ACL_ERROR_UNINITIALIZE;
+    };
+    if inside_acl() {
+        // SAFETY: passed through.
+        return unsafe { f(handle) };
+    }
+    // SAFETY: passed through.
+    uncharged(Kind::Memory, handle as u64, || unsafe { f(handle) })
+}
+
 // ---- AscendCL layer -----------------------------------------------------------------
 
 #[no_mangle]
@@ -278,7 +317,7 @@ type AicpuLaunchEx = unsafe extern "C" fn(
 ) -> c_int;
 type ModelExecute = unsafe extern "C" fn(*mut c_void, *mut c_void, u32) -> c_int;
 
-fn launch_symbol<F: Copy>(cache: &'static OnceLock<Option<F>>, name: &CStr) -> Option<F> {
+fn runtime_symbol<F: Copy>(cache: &'static OnceLock<Option<F>>, name: &CStr) -> Option<F> {
     *cache.get_or_init(|| {
         let rt = open(c"libruntime.so");
         // SAFETY: F is the symbol's ABI, per the caller.
@@ -304,7 +343,7 @@ macro_rules! launch_hook {
         #[allow(clippy::too_many_arguments)]
         pub unsafe extern "C" fn $name($($arg: $argty),*) -> c_int {
             static REAL: OnceLock<Option<$ty>> = OnceLock::new();
-            let Some(f) = launch_symbol(&REAL, {
+            let Some(f) = runtime_symbol(&REAL, {
                 const NAME: &CStr = match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
                     Ok(n) => n,
                     Err(_) => panic!("bad symbol name"),
@@ -334,6 +373,8 @@ pub fn hook_for_name(name: &[u8]) -> Option<*mut c_void> {
         b"rtMalloc" => rtMalloc as *mut c_void,
         b"rtFree" => rtFree as *mut c_void,
         b"rtMemGetInfoEx" => rtMemGetInfoEx as *mut c_void,
+        b"rtMallocPhysical" => rtMallocPhysical as *mut c_void,
+        b"rtFreePhysical" => rtFreePhysical as *mut c_void,
         b"aclrtMalloc" => aclrtMalloc as *mut c_void,
         b"aclrtMallocAlign32" => aclrtMallocAlign32 as *mut c_void,
         b"aclrtFree" => aclrtFree as *mut c_void,

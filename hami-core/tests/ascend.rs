@@ -20,7 +20,7 @@ fn a_16384_mb_quota_on_a_64_gb_npu_holds_on_both_layers() {
     if !needs("a_16384_mb_quota_on_a_64_gb_npu_holds_on_both_layers") {
         return;
     }
-    for op in ["acl-alloc", "rt-alloc"] {
+    for op in ["acl-alloc", "rt-alloc", "physical"] {
         let mut cmd = npu_app();
         cmd.env("NPU_MEM_QUOTA", "16384").args(["info", "rt-info"]);
         for _ in 0..17 {

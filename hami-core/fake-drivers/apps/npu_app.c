@@ -22,6 +22,8 @@ static aclError (*acl_get_mem_info)(aclrtMemAttr, size_t *, size_t *);
 static rtError_t (*rt_malloc)(void **, uint64_t, rtMemType_t, uint16_t);
 static rtError_t (*rt_free)(void *);
 static rtError_t (*rt_mem_get_info)(rtMemInfoType_t, size_t *, size_t *);
+static rtError_t (*rt_malloc_physical)(void **, size_t, const void *, uint64_t);
+static rtError_t (*rt_free_physical)(void *);
 static rtError_t (*rt_launch_flag)(const void *, uint32_t, void *, void *, rtStream_t, uint32_t, const void *);
 static rtError_t (*rt_launch_handle)(void *, uint64_t, uint32_t, void *, void *, rtStream_t, const void *);
 static rtError_t (*rt_aicpu)(const void *, uint32_t, const void *, void *, rtStream_t, uint32_t);
@@ -84,6 +86,8 @@ int main(int argc, char **argv) {
     rt_malloc = must(rt, "rtMalloc");
     rt_free = must(rt, "rtFree");
     rt_mem_get_info = must(rt, "rtMemGetInfoEx");
+    rt_malloc_physical = must(rt, "rtMallocPhysical");
+    rt_free_physical = must(rt, "rtFreePhysical");
     rt_launch_flag = must(rt, "rtKernelLaunchWithFlagV2");
     rt_launch_handle = must(rt, "rtKernelLaunchWithHandleV2");
     rt_aicpu = must(rt, "rtAicpuKernelLaunchWithFlag");
@@ -103,6 +107,11 @@ int main(int argc, char **argv) {
                              &p, n, ACL_MEM_MALLOC_HUGE_FIRST);
             if (rc == 0 && nlive < MAX_LIVE) live[nlive].p = p, live[nlive++].rt = is_rt;
             printf("%s %llu rc=%d\n", op, n, rc);
+        } else if (strcmp(op, "physical") == 0) {
+            unsigned long long n = num(argv, &i, argc);
+            rc = rt_malloc_physical(&p, n, NULL, 0);
+            if (rc == 0 && nlive < MAX_LIVE) live[nlive].p = p, live[nlive++].rt = 2;
+            printf("physical %llu rc=%d\n", n, rc);
         } else if (strcmp(op, "acl-until-oom") == 0 || strcmp(op, "rt-until-oom") == 0) {
             unsigned long long n = num(argv, &i, argc);
             int is_rt = op[0] == 'r', count = 0;
@@ -116,7 +125,8 @@ int main(int argc, char **argv) {
             int failures = 0;
             while (nlive > 0) {
                 nlive--;
-                failures += (live[nlive].rt ? rt_free(live[nlive].p) : acl_free(live[nlive].p)) != 0;
+                void *q = live[nlive].p;
+                failures += (live[nlive].rt == 2 ? rt_free_physical(q) : live[nlive].rt ? rt_free(q) : acl_free(q)) != 0;
             }
             printf("free-all failures=%d\n", failures);
         } else if (strcmp(op, "info") == 0 || strcmp(op, "rt-info") == 0) {
