@@ -22,9 +22,7 @@
 //! stalls the others. Without a schedule file there is nothing to slice:
 //! launches run unthrottled with a loud warning, or fail under `force`.
 
-use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -88,14 +86,7 @@ fn now_ns() -> u64 {
 }
 
 fn map(path: &Path) -> std::io::Result<NonNull<ScheduleFile>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o666)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)?;
+    let file = crate::region::open_shared(path)?;
     let size = std::mem::size_of::<ScheduleFile>();
     if file.metadata()?.len() < size as u64 {
         // Zero-filled is a valid empty schedule; set_len never shrinks it here.

@@ -429,7 +429,7 @@ fn map(file: Option<&File>, prot: libc::c_int) -> io::Result<NonNull<u8>> {
 
 /// Opens a file every process of the container (or node) shares: created if
 /// missing, readable and writable by all, never inherited across exec.
-fn open_shared(path: &Path) -> io::Result<File> {
+pub fn open_shared(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -55,19 +55,8 @@ pub fn app(resolve: &str) -> Command {
     } else {
         "cuda_app"
     };
-    let mut c = Command::new(fx.dir.join(binary));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CUDA_")
-            || k.starts_with("FAKE_CUDA")
-            || k.starts_with("APP_")
-            || k == "LD_PRELOAD"
-        {
-            c.env_remove(k);
-        }
-    }
-    c.env("LD_LIBRARY_PATH", &fx.dir)
-        .env("LD_PRELOAD", &fx.preload)
-        .env("FAKE_CUDA_TOTAL_MEMORY", "8g")
+    let mut c = preloaded(fx, binary);
+    c.env("FAKE_CUDA_TOTAL_MEMORY", "8g")
         .env("CUDA_DEVICE_MEMORY_LIMIT", "1000m");
     if resolve != "direct" {
         c.env("APP_RESOLVE", resolve);
@@ -119,14 +108,18 @@ pub fn field(stdout: &str, prefix: &str, key: &str) -> u64 {
 
 /// The AscendCL test app with hami-core preloaded and a clean environment.
 pub fn npu_app() -> Command {
-    let fx = fixture();
-    let mut c = Command::new(fx.dir.join("npu_app"));
+    preloaded(fixture(), "npu_app")
+}
+
+/// One of the fixture's apps with hami-core preloaded, the fake drivers on the
+/// library path, and none of the test process's own quota or fake-driver settings.
+fn preloaded(fx: &Fixture, binary: &str) -> Command {
+    let mut c = Command::new(fx.dir.join(binary));
     for (k, _) in std::env::vars() {
-        if k.starts_with("CUDA_")
-            || k.starts_with("NPU_")
-            || k.starts_with("FAKE_")
-            || k == "LD_PRELOAD"
-        {
+        let quota = ["CUDA_", "NPU_", "FAKE_", "APP_", "HAMI_CORE_", "GPU_CORE_"]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if quota || k == "LD_PRELOAD" {
             c.env_remove(k);
         }
     }
