@@ -1,0 +1,337 @@
+//! Filesystem access confined to a container's rootfs.
+//!
+//! The hook runs as root on the host and writes into an image it does not
+//! trust. Every path is resolved by the kernel with `openat2(RESOLVE_IN_ROOT)`
+//! against a handle on the rootfs: absolute symlinks and `..` are clamped to
+//! the rootfs as if it were `/`, so no symlink in the image can lead a write
+//! onto the host (the class of CVE-2024-0132, CVE-2025-23266/23267).
+//! Files are created beside their final name and renamed over it, which
+//! replaces a symlink planted there instead of following it.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A handle on a container's rootfs.
+pub struct RootFs {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+fn cstr(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// The components of a path inside the rootfs; `..`, and anything else that
+/// is not a plain name, is refused rather than interpreted.
+fn components(inside: &Path) -> io::Result<Vec<&OsStr>> {
+    inside
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: only plain names are allowed inside the rootfs",
+                    inside.display()
+                ),
+            )),
+        })
+        .collect()
+}
+
+impl RootFs {
+    /// Opens the rootfs directory itself (the runtime's bundle says where).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let c = cstr(path.as_os_str())?;
+        // SAFETY: open with a C string; the fd is owned below.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a fresh fd we own.
+            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `openat2` of `inside` with the rootfs as `/`.
+    pub fn open_in(
+        &self,
+        inside: &Path,
+        flags: libc::c_int,
+        mode: libc::mode_t,
+    ) -> io::Result<OwnedFd> {
+        let parts = components(inside)?;
+        let rel: PathBuf = if parts.is_empty() {
+            PathBuf::from(".")
+        } else {
+            parts.iter().collect()
+        };
+        let c = cstr(rel.as_os_str())?;
+        // open_how is non-exhaustive in libc: start zeroed, then fill it in.
+        // SAFETY: open_how is plain integers; all-zero is valid.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
+        how.mode = if flags & libc::O_CREAT != 0 {
+            u64::from(mode)
+        } else {
+            0
+        };
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: openat2 with a valid dirfd, C string and open_how of the right size.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+
+    /// Creates `inside` and its parents as directories, each created in a
+    /// parent already resolved inside the rootfs; returns the directory.
+    pub fn mkdir_all(&self, inside: &Path, mode: libc::mode_t) -> io::Result<OwnedFd> {
+        let parts = components(inside)?;
+        let mut dir = self.open_in(Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let mut sofar = PathBuf::new();
+        for part in parts {
+            sofar.push(part);
+            let name = cstr(part)?;
+            // SAFETY: mkdirat in a directory fd we resolved, with a single-component name.
+            let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(err);
+                }
+            }
+            // Whatever is there now (a directory, or a symlink the image planted)
+            // is resolved inside the rootfs.
+            dir = self
+                .open_in(&sofar, libc::O_PATH | libc::O_DIRECTORY, 0)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "/{}: not a directory inside the container rootfs: {e}",
+                            sofar.display()
+                        ),
+                    )
+                })?;
+        }
+        Ok(dir)
+    }
+
+    /// Writes `contents` to `inside`, replacing (never following) whatever is
+    /// there, through a temporary in the same directory and a rename.
+    pub fn write_file(&self, inside: &Path, contents: &[u8], mode: libc::mode_t) -> io::Result<()> {
+        let parts = components(inside)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
+        };
+        let parent: PathBuf = parents.iter().collect();
+        let dir = self.mkdir_all(&parent, 0o755)?;
+        let name = cstr(name)?;
+        let tmp = CString::new(format!(".hami-hook-{}", std::process::id())).expect("no NUL");
+        // SAFETY: openat in a resolved directory; O_EXCL|O_NOFOLLOW never reuse or follow anything.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::c_uint::from(mode),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let written = (|| {
+            use std::io::Write;
+            (&file).write_all(contents)?;
+            file.sync_all()
+        })();
+        // SAFETY: renameat within one resolved directory; replaces the name itself.
+        let renamed = written.and_then(|()| {
+            if unsafe {
+                libc::renameat(
+                    dir.as_raw_fd(),
+                    tmp.as_ptr(),
+                    dir.as_raw_fd(),
+                    name.as_ptr(),
+                )
+            } == 0
+            {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+        if renamed.is_err() {
+            // SAFETY: removing our own temporary.
+            unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
+        }
+        renamed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake host directory with a file the hook must never touch, and a rootfs.
+    struct Scene {
+        _dir: tempfile::TempDir,
+        host: PathBuf,
+        rootfs: PathBuf,
+    }
+
+    fn scene() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(host.join("etc")).unwrap();
+        std::fs::write(host.join("etc/ld.so.preload"), "host original\n").unwrap();
+        std::fs::write(host.join("victim"), "host original\n").unwrap();
+        std::fs::create_dir_all(&rootfs).unwrap();
+        Scene {
+            _dir: dir,
+            host,
+            rootfs,
+        }
+    }
+
+    fn host_untouched(s: &Scene) {
+        let listing: Vec<_> = walk(&s.host);
+        assert_eq!(
+            listing,
+            vec!["etc", "etc/ld.so.preload", "victim"],
+            "host tree changed"
+        );
+        for f in ["etc/ld.so.preload", "victim"] {
+            assert_eq!(
+                std::fs::read_to_string(s.host.join(f)).unwrap(),
+                "host original\n",
+                "{f} changed"
+            );
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        fn go(base: &Path, dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+                if e.file_type().unwrap().is_dir() {
+                    go(base, &p, out);
+                }
+            }
+        }
+        go(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Writes the preload file, then checks the host and where the content went.
+    fn attempt(s: &Scene, inside: &str) -> io::Result<()> {
+        let root = RootFs::open(&s.rootfs).unwrap();
+        let result = root.write_file(
+            Path::new(inside),
+            b"/usr/local/vgpu/libhami_core.so\n",
+            0o644,
+        );
+        host_untouched(s);
+        result
+    }
+
+    #[test]
+    fn plain_rootfs_gets_the_file() {
+        let s = scene();
+        attempt(&s, "/etc/ld.so.preload").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(s.rootfs.join("etc/ld.so.preload")).unwrap(),
+            "/usr/local/vgpu/libhami_core.so\n"
+        );
+    }
+
+    #[test]
+    fn an_absolute_symlink_at_the_file_is_replaced_not_followed() {
+        let s = scene();
+        std::fs::create_dir(s.rootfs.join("etc")).unwrap();
+        symlink(s.host.join("victim"), s.rootfs.join("etc/ld.so.preload")).unwrap();
+        attempt(&s, "/etc/ld.so.preload").unwrap();
+        let meta = std::fs::symlink_metadata(s.rootfs.join("etc/ld.so.preload")).unwrap();
+        assert!(
+            meta.is_file(),
+            "the planted symlink must be replaced by a file"
+        );
+    }
+
+    #[test]
+    fn a_relative_dotdot_symlink_at_the_file_is_replaced() {
+        let s = scene();
+        std::fs::create_dir(s.rootfs.join("etc")).unwrap();
+        symlink(
+            "../../../../../../../../host/victim",
+            s.rootfs.join("etc/ld.so.preload"),
+        )
+        .unwrap();
+        attempt(&s, "/etc/ld.so.preload").unwrap();
+    }
+
+    #[test]
+    fn a_parent_symlinked_to_the_host_is_confined_or_refused() {
+        for target in ["ABS", "../../../../../host/etc", "/../../host/etc"] {
+            let s = scene();
+            let target = if target == "ABS" {
+                s.host.join("etc")
+            } else {
+                PathBuf::from(target)
+            };
+            symlink(&target, s.rootfs.join("etc")).unwrap();
+            // Either it lands inside the rootfs or it fails; the host is checked either way.
+            let _ = attempt(&s, "/etc/ld.so.preload");
+        }
+    }
+
+    #[test]
+    fn a_deep_parent_symlink_is_confined() {
+        let s = scene();
+        std::fs::create_dir_all(s.rootfs.join("usr")).unwrap();
+        symlink(&s.host, s.rootfs.join("usr/local")).unwrap();
+        let _ = attempt(&s, "/usr/local/vgpu/ld.so.preload");
+        assert!(!s.host.join("vgpu").exists());
+    }
+
+    #[test]
+    fn dotdot_in_the_requested_path_is_refused() {
+        let s = scene();
+        let err = attempt(&s, "/etc/../../host/victim").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}
