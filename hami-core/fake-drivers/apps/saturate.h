@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +30,13 @@ static inline uint64_t my_busy_ns(void) {
         }
         int fd = open(path, O_RDONLY);
         if (fd < 0) return 0; /* the device has not been touched yet */
+        /* Another process may have created the file and not yet grown it:
+         * mapping it then would fault past its end. */
+        struct stat st_file;
+        if (fstat(fd, &st_file) != 0 || (size_t)st_file.st_size < sizeof *st) {
+            close(fd);
+            return 0;
+        }
         void *m = mmap(NULL, sizeof *st, PROT_READ, MAP_SHARED, fd, 0);
         close(fd);
         if (m == MAP_FAILED) return 0;
