@@ -180,24 +180,50 @@ fn quota_view(device: nvmlDevice_t, real_free: u64) -> Option<(u64, u64, u64)> {
     Some((limit, used, limit.saturating_sub(used).min(real_free)))
 }
 
+/// The fields both NVML memory structs share.
+trait MemoryFields {
+    fn fields(&mut self) -> (&mut u64, &mut u64, &mut u64);
+}
+
+impl MemoryFields for nvmlMemory_t {
+    fn fields(&mut self) -> (&mut u64, &mut u64, &mut u64) {
+        (&mut self.total, &mut self.used, &mut self.free)
+    }
+}
+
+impl MemoryFields for nvmlMemory_v2_t {
+    fn fields(&mut self) -> (&mut u64, &mut u64, &mut u64) {
+        (&mut self.total, &mut self.used, &mut self.free)
+    }
+}
+
+/// Calls the real query, then shows the container's quota in what NVML filled.
+fn memory_info<M: MemoryFields>(
+    real_fn: Option<unsafe extern "C" fn(nvmlDevice_t, *mut M) -> nvmlReturn_t>,
+    device: nvmlDevice_t,
+    memory: *mut M,
+) -> nvmlReturn_t {
+    let Some(f) = real_fn else {
+        return NVML_ERROR_UNINITIALIZED;
+    };
+    // SAFETY: passed through.
+    let rc = unsafe { f(device, memory) };
+    // SAFETY: on success NVML filled the caller's struct.
+    if let (NVML_SUCCESS, Some(m)) = (rc, unsafe { memory.as_mut() }) {
+        let (total, used, free) = m.fields();
+        if let Some(view) = quota_view(device, *free) {
+            (*total, *used, *free) = view;
+        }
+    }
+    rc
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     device: nvmlDevice_t,
     memory: *mut nvmlMemory_t,
 ) -> nvmlReturn_t {
-    let Some(f) = real().and_then(|r| r.get_memory_info) else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: passed through.
-    let rc = unsafe { f(device, memory) };
-    if rc == NVML_SUCCESS {
-        // SAFETY: NVML filled it.
-        let m = unsafe { &mut *memory };
-        if let Some((total, used, free)) = quota_view(device, m.free) {
-            (m.total, m.used, m.free) = (total, used, free);
-        }
-    }
-    rc
+    memory_info(real().and_then(|r| r.get_memory_info), device, memory)
 }
 
 #[no_mangle]
@@ -205,19 +231,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: nvmlDevice_t,
     memory: *mut nvmlMemory_v2_t,
 ) -> nvmlReturn_t {
-    let Some(f) = real().and_then(|r| r.get_memory_info_v2) else {
-        return NVML_ERROR_UNINITIALIZED;
-    };
-    // SAFETY: passed through.
-    let rc = unsafe { f(device, memory) };
-    if rc == NVML_SUCCESS {
-        // SAFETY: NVML filled it.
-        let m = unsafe { &mut *memory };
-        if let Some((total, used, free)) = quota_view(device, m.free) {
-            (m.total, m.used, m.free) = (total, used, free);
-        }
-    }
-    rc
+    memory_info(real().and_then(|r| r.get_memory_info_v2), device, memory)
 }
 
 /// Our function for an NVML symbol name (for the `dlsym` override).
