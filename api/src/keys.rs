@@ -32,6 +32,30 @@ pub const VASTAI_NOUSE_VA: &str = "vastaitech.com/nouse-va";
 /// `huawei.com/vnpu-mode: hami-core` selects the software NPU split.
 pub const ASCEND_VNPU_MODE: &str = "huawei.com/vnpu-mode";
 pub const ASCEND_VNPU_MODE_HAMI_CORE: &str = "hami-core";
+/// hami-rs extension, written by the controller beside the allocation: the
+/// pod's container names in slot order (init containers first), comma-separated,
+/// so a runtime hook that only knows its container's name can find its slot.
+pub const CONTAINER_NAMES: &str = "hami.io/container-names";
+
+// ---- direct annotations (podman and other runtimes without a scheduler) -----
+
+/// Memory quota per device: `3000m`, `4g`, or a bare number of MiB.
+pub const DIRECT_GPU_MEMORY: &str = "hami.io/gpumem";
+/// Compute share per device, percent.
+pub const DIRECT_GPU_CORES: &str = "hami.io/gpucores";
+/// Ascend hami-core mode memory quota per NPU, in MiB (or `4g`).
+pub const DIRECT_VNPU_CORE_MEMORY: &str = "hami.io/vnpu-core-memory";
+/// Which devices: comma-separated indexes or UUIDs; device 0 when absent.
+pub const DIRECT_DEVICES: &str = "hami.io/devices";
+
+// ---- annotations container runtimes add -------------------------------------
+
+pub const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const CRIO_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
+/// The value both CRI implementations give the pod's sandbox (pause) container.
+pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
 
 // ---- node annotations -------------------------------------------------------
 

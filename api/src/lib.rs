@@ -9,6 +9,7 @@ pub mod allocation;
 pub mod bind_phase;
 pub mod handshake;
 pub mod keys;
+pub mod limits_file;
 pub mod node_lock;
 pub mod node_register;
 pub mod policy;

@@ -90,6 +90,27 @@ pub trait Discovery {
     fn inventory(&self) -> Result<Inventory, DiscoveryError>;
 }
 
+/// The discovery for a vendor name as given on a command line (`nvidia`,
+/// `ascend`, `mock`); device nodes are looked up under `dev`, and `mock`
+/// needs its inventory file.
+pub fn for_vendor(
+    vendor: &str,
+    dev: &Path,
+    inventory: Option<&Path>,
+) -> Result<Box<dyn Discovery>, String> {
+    match Vendor::parse(vendor) {
+        Some(Vendor::Nvidia) => Ok(Box::new(NvidiaDiscovery { dev: dev.into() })),
+        Some(Vendor::Ascend) => Ok(Box::new(AscendDiscovery { dev: dev.into() })),
+        Some(Vendor::Mock) => match inventory {
+            Some(path) => Ok(Box::new(MockDiscovery { path: path.into() })),
+            None => Err("vendor mock needs an inventory file (--inventory FILE)".into()),
+        },
+        None => Err(format!(
+            "vendor {vendor:?}: expected nvidia, ascend or mock"
+        )),
+    }
+}
+
 /// Numbered device files `<prefix>N` under `dev`, sorted by N.
 fn numbered_nodes(dev: &Path, prefix: &str) -> Result<Vec<u32>, DiscoveryError> {
     let entries = match std::fs::read_dir(dev) {

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hami_api::quota::{MemoryQuota, Percent};
 use hami_cdi::builder::{self, DEFAULT_KIND};
-use hami_cdi::discovery::{AscendDiscovery, Discovery, MockDiscovery, NvidiaDiscovery, Vendor};
+use hami_cdi::discovery;
 use hami_cdi::store::{self, SpecStore};
 use hami_cdi::{Allocation, Grant, Layout};
 
@@ -105,15 +105,8 @@ fn main() -> Result<()> {
                 .map(|c| Percent::parse(&c, "--cores").map(|p| p.get()))
                 .transpose()?
                 .filter(|c| *c != 100);
-            let vendor = Vendor::parse(&vendor)
-                .with_context(|| format!("--vendor {vendor:?}: expected nvidia, ascend or mock"))?;
-            let discovery: Box<dyn Discovery> = match vendor {
-                Vendor::Nvidia => Box::new(NvidiaDiscovery { dev }),
-                Vendor::Ascend => Box::new(AscendDiscovery { dev }),
-                Vendor::Mock => Box::new(MockDiscovery {
-                    path: inventory.context("--vendor mock needs --inventory FILE")?,
-                }),
-            };
+            let discovery = discovery::for_vendor(&vendor, &dev, inventory.as_deref())
+                .map_err(|e| anyhow::anyhow!("--vendor: {e}"))?;
             let inventory = discovery.inventory()?;
             if !library.is_file() {
                 bail!(

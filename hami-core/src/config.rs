@@ -4,9 +4,11 @@
 //! Unlike HAMi-core, a value that does not parse is an error, and an error makes
 //! the library fail closed: allocations are refused, never left unlimited.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use hami_api::keys;
+use hami_api::limits_file::{self, LIMITS_FILE_IN_CONTAINER};
 use hami_api::quota::{MemoryQuota, Percent};
 use thiserror::Error;
 
@@ -21,6 +23,38 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+}
+
+/// Reads the limits file if there is one; a file that exists but cannot be
+/// read or parsed is an error (fail closed), never ignored.
+pub fn read_limits_file(path: &Path) -> Result<Option<BTreeMap<String, String>>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: path.display().to_string(),
+        value: String::new(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(invalid(e.to_string())),
+    };
+    limits_file::parse(&text)
+        .map(Some)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// With a limits file, the node decides its keys: the environment is not
+/// consulted for them, so an image cannot lift a quota the node set.
+pub fn layered(
+    file: Option<&BTreeMap<String, String>>,
+    key: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    match file {
+        Some(f) if limits_file::is_node_decided(key) => f.get(key).cloned(),
+        Some(f) => f.get(key).cloned().or_else(|| env(key)),
+        None => env(key),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,8 +87,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The process environment, overridden by the node's limits file when the
+    /// OCI hook mounted one (see [`hami_api::limits_file`]).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let file = read_limits_file(Path::new(LIMITS_FILE_IN_CONTAINER))?;
+        Self::from_lookup(|k| layered(file.as_ref(), k, |k| std::env::var(k).ok()))
     }
 
     /// Reads through `get` so tests need not touch the process environment.
@@ -247,6 +284,58 @@ mod tests {
             cfg(&[("NPU_PRIORITY", "1")]).unwrap().task_priority,
             Some(1)
         );
+    }
+
+    #[test]
+    fn the_limits_file_outranks_the_image_environment() {
+        let file: BTreeMap<String, String> = [
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "1g"),
+            ("LIBCUDA_LOG_LEVEL", "3"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let image: HashMap<&str, &str> = [
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "80g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT", "80g"),
+            ("CUDA_DISABLE_CONTROL", "true"),
+            ("CUDA_TASK_PRIORITY", "1"),
+            ("LIBCUDA_LOG_LEVEL", "0"),
+        ]
+        .into_iter()
+        .collect();
+        let env = |k: &str| image.get(k).map(|v| v.to_string());
+        let c = Config::from_lookup(|k| layered(Some(&file), k, env)).unwrap();
+        assert_eq!(c.memory_limit[0], Some(1 << 30));
+        assert_eq!(
+            c.memory_limit[1], None,
+            "the image's global limit is not the node's"
+        );
+        assert!(!c.disabled);
+        assert_eq!(
+            c.task_priority,
+            Some(1),
+            "not a node key: the image may set it"
+        );
+        assert_eq!(c.log_level, 3);
+        // Without a file the environment is all there is.
+        let c = Config::from_lookup(|k| layered(None, k, env)).unwrap();
+        assert!(c.disabled);
+    }
+
+    #[test]
+    fn an_unreadable_or_garbled_limits_file_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("limits.env");
+        assert_eq!(read_limits_file(&path).unwrap(), None);
+        std::fs::write(&path, "CUDA_DEVICE_MEMORY_LIMIT_0 1g\n").unwrap();
+        let err = read_limits_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("limits.env") && err.contains("line 1"),
+            "{err}"
+        );
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        assert!(read_limits_file(&dir.path().join("dir")).is_err());
     }
 
     #[test]
