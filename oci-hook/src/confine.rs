@@ -147,13 +147,7 @@ impl RootFs {
     /// Writes `contents` to `inside`, replacing (never following) whatever is
     /// there, through a temporary in the same directory and a rename.
     pub fn write_file(&self, inside: &Path, contents: &[u8], mode: libc::mode_t) -> io::Result<()> {
-        let parts = components(inside)?;
-        let Some((name, parents)) = parts.split_last() else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
-        };
-        let parent: PathBuf = parents.iter().collect();
-        let dir = self.mkdir_all(&parent, 0o755)?;
-        let name = cstr(name)?;
+        let (dir, name) = self.parent_and_name(inside)?;
         let tmp = CString::new(format!(".hami-hook-{}", std::process::id())).expect("no NUL");
         // SAFETY: openat in a resolved directory; O_EXCL|O_NOFOLLOW never reuse or follow anything.
         let fd = unsafe {
@@ -195,6 +189,206 @@ impl RootFs {
             unsafe { libc::unlinkat(dir.as_raw_fd(), tmp.as_ptr(), 0) };
         }
         renamed
+    }
+}
+
+/// What is at a name, not following a symlink there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Missing,
+    Symlink,
+    Directory,
+    File,
+    Device {
+        kind: libc::mode_t,
+        rdev: libc::dev_t,
+    },
+    Other,
+}
+
+fn entry_at(dir: &OwnedFd, name: &CString) -> io::Result<Entry> {
+    // SAFETY: stat is plain data; fstatat in a resolved directory without following.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENOENT) => Ok(Entry::Missing),
+            _ => Err(err),
+        };
+    }
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFLNK => Entry::Symlink,
+        libc::S_IFDIR => Entry::Directory,
+        libc::S_IFREG => Entry::File,
+        kind @ (libc::S_IFCHR | libc::S_IFBLK) => Entry::Device {
+            kind,
+            rdev: st.st_rdev,
+        },
+        _ => Entry::Other,
+    })
+}
+
+fn unlink_at(dir: &OwnedFd, name: &CString) -> io::Result<()> {
+    // SAFETY: unlinkat of a single name in a resolved directory (never a directory).
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn open_at_nofollow(dir: &OwnedFd, name: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: openat of a single name in a resolved directory, never following a symlink.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The (device, inode) of an open file, to tell whether two opens are one directory.
+pub fn identity(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    // SAFETY: fstat on an fd we own into plain data.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.st_dev, st.st_ino))
+}
+
+impl RootFs {
+    /// The directory that will hold `inside` (created, resolved in the rootfs)
+    /// and the final name, which is never resolved through a symlink.
+    fn parent_and_name(&self, inside: &Path) -> io::Result<(OwnedFd, CString)> {
+        let parts = components(inside)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no file name"));
+        };
+        let parent: PathBuf = parents.iter().collect();
+        Ok((self.mkdir_all(&parent, 0o755)?, cstr(name)?))
+    }
+
+    pub fn handle(&self) -> &OwnedFd {
+        &self.dir
+    }
+
+    /// The contents of a regular file at `inside`, or `None` when there is
+    /// none; a symlink at the final name counts as none (it will be replaced).
+    pub fn read_file(&self, inside: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+        let (dir, name) = self.parent_and_name(inside)?;
+        match entry_at(&dir, &name)? {
+            Entry::Missing | Entry::Symlink => Ok(None),
+            Entry::File => {
+                use std::io::Read;
+                let file = std::fs::File::from(open_at_nofollow(&dir, &name, libc::O_RDONLY)?);
+                let mut buf = Vec::new();
+                file.take(limit as u64 + 1).read_to_end(&mut buf)?;
+                if buf.len() > limit {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: larger than {limit} bytes", inside.display()),
+                    ));
+                }
+                Ok(Some(buf))
+            }
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: expected a file, found {other:?}", inside.display()),
+            )),
+        }
+    }
+
+    /// A regular file at `inside` to mount onto: an existing file is kept, a
+    /// symlink or nothing is replaced by an empty file. Returns an `O_PATH`
+    /// handle on the file itself.
+    pub fn mount_point_file(&self, inside: &Path) -> io::Result<OwnedFd> {
+        let (dir, name) = self.parent_and_name(inside)?;
+        match entry_at(&dir, &name)? {
+            Entry::File => {}
+            Entry::Missing | Entry::Symlink => self.write_file(inside, b"", 0o644)?,
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{}: expected a file, found {other:?}", inside.display()),
+                ))
+            }
+        }
+        let fd = open_at_nofollow(&dir, &name, libc::O_PATH)?;
+        Ok(fd)
+    }
+
+    /// A directory at `inside` to mount onto; an `O_PATH` handle on it.
+    pub fn mount_point_dir(&self, inside: &Path) -> io::Result<OwnedFd> {
+        let (dir, name) = self.parent_and_name(inside)?;
+        match entry_at(&dir, &name)? {
+            Entry::Directory => {}
+            Entry::Missing => {
+                // SAFETY: mkdirat of a single name in a resolved directory.
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Entry::Symlink => {
+                unlink_at(&dir, &name)?;
+                // SAFETY: as above.
+                if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{}: expected a directory, found {other:?}",
+                        inside.display()
+                    ),
+                ))
+            }
+        }
+        open_at_nofollow(&dir, &name, libc::O_PATH | libc::O_DIRECTORY)
+    }
+
+    /// A device node at `inside` with the host's type and number; whatever
+    /// else is at the name (a planted symlink, a file) is replaced. mknod
+    /// honours the umask: the hook clears it at start so `perm` is exact.
+    pub fn make_device(
+        &self,
+        inside: &Path,
+        kind: libc::mode_t,
+        rdev: libc::dev_t,
+        perm: libc::mode_t,
+    ) -> io::Result<()> {
+        let (dir, name) = self.parent_and_name(inside)?;
+        match entry_at(&dir, &name)? {
+            Entry::Device { kind: k, rdev: r } if k == kind && r == rdev => return Ok(()),
+            Entry::Missing => {}
+            Entry::Directory => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{}: a directory is in the way", inside.display()),
+                ))
+            }
+            _ => unlink_at(&dir, &name)?,
+        }
+        // SAFETY: mknodat of a single name in a resolved directory.
+        if unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, rdev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

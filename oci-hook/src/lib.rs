@@ -2,8 +2,17 @@
 //! containers.
 //! - [`request`]: what the annotations ask for (pure; fails closed);
 //! - [`state`]: the OCI State from stdin and the bundle's config.json, size-capped;
-//! - [`confine`]: filesystem access confined to the container rootfs.
+//! - [`hook`]: one invocation, from the State to an injected container;
+//! - [`inject`], [`mount`], [`confine`]: the injection, confined to the rootfs;
+//! - [`namespace`], [`cgroup`]: entering the container, allowing its devices.
 
+pub mod cgroup;
+pub mod cli;
 pub mod confine;
+pub mod hook;
+pub mod inject;
+pub mod install;
+pub mod mount;
+pub mod namespace;
 pub mod request;
 pub mod state;

@@ -1,20 +1,145 @@
 //! `hami-oci-hook`: OCI runtime hook that injects hami-core into annotated containers.
 //!
-//! Not implemented yet: the work is tracked in the oci-hook issue. The binary exists so
-//! the workspace layout, packaging and CI are in place; it refuses to run rather
-//! than pretend to work.
+//! ```text
+//! hami-oci-hook createContainer [--vendor nvidia] [--library …] [--state-dir …]  < state.json
+//! hami-oci-hook prestart …                                                       < state.json
+//! hami-oci-hook poststop …                                                       < state.json
+//! hami-oci-hook install --runtime containerd|crio|podman [--dry-run]
+//! ```
 
-use clap::Parser;
+use std::fs::OpenOptions;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use hami_oci_hook::cli::HookArgs;
+use hami_oci_hook::hook::{self, Outcome, Stage};
+use hami_oci_hook::{install, request, state};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 #[derive(Parser)]
 #[command(
     name = "hami-oci-hook",
     version,
-    about = "OCI runtime hook that injects hami-core into annotated containers. (not implemented yet)"
+    about = "OCI runtime hook that injects hami-core into containers annotated for it"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    Cli::parse();
-    anyhow::bail!("hami-oci-hook is not implemented yet (see the oci-hook issue)")
+#[derive(Subcommand)]
+enum Command {
+    /// Inject at createContainer (in the container's mount namespace, before pivot_root).
+    #[command(name = "createContainer")]
+    CreateContainer(HookArgs),
+    /// Inject at prestart (enters the container's mount namespace).
+    #[command(name = "prestart")]
+    Prestart(HookArgs),
+    /// Remove the container's limits file and shared region.
+    #[command(name = "poststop")]
+    Poststop(HookArgs),
+    /// Configure a container runtime to run this hook.
+    Install(install::InstallArgs),
+}
+
+/// The hook runs as root on the host with whatever the runtime handed it.
+/// Nothing from there is used: the environment (`LD_PRELOAD`, `PATH`, …) is
+/// dropped before anything else, the working directory (some runtimes start
+/// hooks inside the bundle) is left, and the umask is cleared so that created
+/// files and device nodes get exactly the modes the hook asks for.
+fn scrub_process() {
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    let _ = std::env::set_current_dir("/");
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0) };
+}
+
+fn init_logging(dir: &std::path::Path) -> Option<String> {
+    let file = std::fs::create_dir_all(dir).and_then(|()| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("oci-hook.log"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO);
+    match file {
+        Ok(f) => {
+            builder.with_writer(std::io::stderr.and(Arc::new(f))).init();
+            None
+        }
+        Err(e) => {
+            builder.with_writer(std::io::stderr).init();
+            Some(format!("log file under {}: {e}", dir.display()))
+        }
+    }
+}
+
+fn run_stage(stage: Stage, args: HookArgs) -> ExitCode {
+    let state = state::read_state(std::io::stdin().lock());
+    let state = match state {
+        Ok(s) => s,
+        Err(e) => {
+            // Without the State it is unknown whether a quota was asked for: fail closed.
+            eprintln!("hami-oci-hook: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The fast path for every container that is not ours: no log, no file
+    // opened. Runtimes that leave annotations out of the State fall through
+    // to the full read of config.json.
+    if !state.annotations.is_empty() && !request::is_requested(&state.annotations) {
+        return ExitCode::SUCCESS;
+    }
+    let log_problem = init_logging(&args.log_dir);
+    let span = tracing::info_span!("hook", container = %state.id);
+    let _enter = span.enter();
+    if let Some(p) = log_problem {
+        tracing::warn!("{p}");
+    }
+    let cfg = args.config();
+    match hook::run(stage, &cfg, &state) {
+        Ok(Outcome::NotRequested) => ExitCode::SUCCESS,
+        Ok(Outcome::Skipped(reason)) => {
+            tracing::info!("nothing to inject: {reason}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Injected { name, done }) => {
+            for d in &done {
+                tracing::info!("{d}");
+            }
+            tracing::info!(stage = ?stage, "injected hami-core ({name})");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Removed { name, existed }) => {
+            tracing::info!("removed {name} (existed: {existed})");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(stage = ?stage, "refusing to start the container: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    scrub_process();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CreateContainer(a) => run_stage(Stage::CreateContainer, a),
+        Command::Prestart(a) => run_stage(Stage::Prestart, a),
+        Command::Poststop(a) => run_stage(Stage::Poststop, a),
+        Command::Install(a) => match install::run(&a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hami-oci-hook install: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }

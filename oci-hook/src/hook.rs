@@ -1,0 +1,387 @@
+//! One hook invocation, from the runtime's State to an injected container.
+//!
+//! The injection is the one a CDI spec from hami-cdi describes (the same
+//! builder makes both), applied by the hook instead of the runtime:
+//! - the quota environment goes into the limits file, mounted read-only,
+//!   because a hook cannot change the environment of a process the runtime
+//!   has already configured;
+//! - `/etc/ld.so.preload` is appended to, never replaced, so the image's own
+//!   preloads keep working.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use hami_api::limits_file::{self, LIMITS_FILE_IN_CONTAINER};
+use hami_cdi::builder::{
+    self, DeviceNodes, EditSource, QuotaEnv, RegionMount, VendorExtras, DEFAULT_KIND,
+    LIBRARY_IN_CONTAINER,
+};
+use hami_cdi::discovery::{self, Inventory};
+use hami_cdi::store;
+use hami_cdi::{Allocation, Grant, Layout};
+use thiserror::Error;
+
+use crate::confine::{identity, RootFs};
+use crate::inject::{self, DevicePlan, MountPlan, Plan};
+use crate::mount::MountFlags;
+use crate::request::{self, Decision, DeviceRef, DeviceRequest};
+use crate::state::{Config, State};
+use crate::{cgroup, namespace};
+
+/// Where the hook's limits file lives in an allocation's host directory.
+pub const LIMITS_FILE: &str = "limits.env";
+
+#[derive(Debug, Error)]
+pub enum HookError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("the container asked for hami-core but its request is invalid: {0}")]
+    Request(#[from] request::RequestError),
+    #[error("device discovery: {0}")]
+    Discovery(String),
+    #[error("{0}")]
+    Device(String),
+    #[error(transparent)]
+    Build(#[from] builder::BuildError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Inject(#[from] inject::InjectError),
+    #[error("container id {0:?}: only letters, digits, '_', '-' and '.' are supported")]
+    ContainerId(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Namespace(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HookError {
+    let what = what.into();
+    move |source| HookError::Io { what, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    CreateContainer,
+    Prestart,
+    Poststop,
+}
+
+/// The node's side of the configuration: where things are on the host.
+#[derive(Debug, Clone)]
+pub struct HookConfig {
+    /// nvidia, ascend or mock.
+    pub vendor: String,
+    /// The inventory file for the mock vendor.
+    pub inventory: Option<PathBuf>,
+    pub dev: PathBuf,
+    /// Host path of libhami_core.so.
+    pub library: PathBuf,
+    /// Host directory for each container's limits file and shared region.
+    pub state_dir: PathBuf,
+    pub cgroup_root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    NotRequested,
+    Skipped(String),
+    Injected { name: String, done: Vec<String> },
+    Removed { name: String, existed: bool },
+}
+
+/// The State's annotations, completed from config.json (runtimes that put
+/// fewer annotations into the State).
+pub fn annotations(state: &State, config: &Config) -> BTreeMap<String, String> {
+    let mut all = config.annotations.clone();
+    all.extend(state.annotations.clone());
+    all
+}
+
+/// The allocation name of a container: its state directory and CDI-style name.
+pub fn allocation_name(container_id: &str) -> Result<String, HookError> {
+    let ok = !container_id.is_empty()
+        && container_id.len() <= 200
+        && container_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok {
+        return Err(HookError::ContainerId(container_id.to_owned()));
+    }
+    Ok(format!("ctr-{container_id}"))
+}
+
+fn layout(cfg: &HookConfig) -> Layout {
+    Layout {
+        kind: DEFAULT_KIND.to_owned(),
+        library: cfg.library.clone(),
+        state_dir: cfg.state_dir.clone(),
+        hook: None,
+    }
+}
+
+pub fn run(stage: Stage, cfg: &HookConfig, state: &State) -> Result<Outcome, HookError> {
+    let config = Config::read(&state.bundle)?;
+    let annotations = annotations(state, &config);
+    let name = allocation_name(&state.id)?;
+    let layout = layout(cfg);
+    if stage == Stage::Poststop {
+        if !request::is_requested(&annotations) {
+            return Ok(Outcome::NotRequested);
+        }
+        let existed = store::remove_state(&layout, &name)?;
+        return Ok(Outcome::Removed { name, existed });
+    }
+    let requests = match request::decide(&annotations)? {
+        Decision::NotRequested => return Ok(Outcome::NotRequested),
+        Decision::NothingForThisContainer(reason) => return Ok(Outcome::Skipped(reason)),
+        Decision::Inject(requests) => requests,
+    };
+    let inventory = discovery::for_vendor(&cfg.vendor, &cfg.dev, cfg.inventory.as_deref())
+        .map_err(HookError::Discovery)?
+        .inventory()
+        .map_err(|e| HookError::Discovery(e.to_string()))?;
+    let allocation = Allocation {
+        name: name.clone(),
+        grants: resolve(&requests, &inventory)?,
+    };
+    if !cfg.library.is_file() {
+        return Err(HookError::Io {
+            what: format!("library {}", cfg.library.display()),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    let plan = builder::plan(&allocation, &inventory, &layout)?;
+    let limits = limits_file_text(&plan)?;
+    let injection = injection_plan(&plan, &layout, &name);
+    store::prepare_state(&allocation, &layout)?;
+    let result = std::fs::write(layout.allocation_dir(&name).join(LIMITS_FILE), limits)
+        .map_err(io_error("writing the limits file"))
+        .and_then(|()| inject_into(stage, cfg, state, &config, &injection));
+    match result {
+        Ok(done) => Ok(Outcome::Injected { name, done }),
+        Err(e) => {
+            // The runtime will not start the container: leave nothing behind.
+            let _ = store::remove_state(&layout, &name);
+            Err(e)
+        }
+    }
+}
+
+/// Devices named by index or UUID → this node's devices.
+fn resolve(requests: &[DeviceRequest], inventory: &Inventory) -> Result<Vec<Grant>, HookError> {
+    let available = || {
+        inventory
+            .devices
+            .iter()
+            .map(|d| format!("{} ({})", d.index, d.uuid))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    requests
+        .iter()
+        .map(|r| {
+            let found = match &r.device {
+                DeviceRef::Index(i) => inventory.device(*i),
+                DeviceRef::Uuid(u) => inventory.devices.iter().find(|d| &d.uuid == u),
+            };
+            let device = found.ok_or_else(|| {
+                HookError::Device(format!(
+                    "device {:?} is not on this node (devices: {})",
+                    r.device,
+                    available()
+                ))
+            })?;
+            Ok(Grant {
+                index: device.index,
+                memory_bytes: r.memory_bytes,
+                cores: r.cores,
+            })
+        })
+        .collect()
+}
+
+/// The quota environment of the CDI spec, as a limits file.
+fn limits_file_text(plan: &builder::Plan<'_>) -> Result<String, HookError> {
+    let env = QuotaEnv.edits(plan).env;
+    let pairs: Vec<(&str, &str)> = env.iter().filter_map(|e| e.split_once('=')).collect();
+    limits_file::render("hami-oci-hook", pairs)
+        .map_err(|e| HookError::Device(format!("cannot write the limits file: {e}")))
+}
+
+fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan {
+    let mut mounts = vec![
+        MountPlan {
+            source: layout.library.clone(),
+            target: LIBRARY_IN_CONTAINER.to_owned(),
+            flags: MountFlags {
+                writable: false,
+                executable: true,
+            },
+        },
+        MountPlan {
+            source: layout.allocation_dir(name).join(LIMITS_FILE),
+            target: LIMITS_FILE_IN_CONTAINER.to_owned(),
+            flags: MountFlags {
+                writable: false,
+                executable: false,
+            },
+        },
+    ];
+    for m in RegionMount
+        .edits(plan)
+        .mounts
+        .into_iter()
+        .chain(VendorExtras.edits(plan).mounts)
+    {
+        mounts.push(MountPlan {
+            source: PathBuf::from(&m.host_path),
+            target: m.container_path.clone(),
+            flags: MountFlags {
+                writable: !m.options.iter().any(|o| o == "ro"),
+                executable: false,
+            },
+        });
+    }
+    let devices = DeviceNodes
+        .edits(plan)
+        .device_nodes
+        .into_iter()
+        .map(|n| DevicePlan {
+            host: PathBuf::from(n.host_path.as_deref().unwrap_or(&n.path)),
+            target: n.path,
+        })
+        .collect();
+    Plan {
+        mounts,
+        devices,
+        preload: LIBRARY_IN_CONTAINER.to_owned(),
+    }
+}
+
+/// Finds the rootfs in the current mount namespace: at its bundle path
+/// (before the runtime's pivot_root) or at `/` (after it).
+fn locate_rootfs(host_path: &Path, expected: (u64, u64)) -> Result<RootFs, HookError> {
+    for candidate in [host_path, Path::new("/")] {
+        if let Ok(root) = RootFs::open(candidate) {
+            if identity(root.handle()).ok() == Some(expected) {
+                return Ok(root);
+            }
+        }
+    }
+    Err(HookError::Namespace(format!(
+        "the container rootfs {} is neither at its path nor at / in the container's mount namespace",
+        host_path.display()
+    )))
+}
+
+fn inject_into(
+    stage: Stage,
+    cfg: &HookConfig,
+    state: &State,
+    config: &Config,
+    plan: &Plan,
+) -> Result<Vec<String>, HookError> {
+    let rootfs_path = config.rootfs(&state.bundle);
+    let expected = RootFs::open(&rootfs_path)
+        .and_then(|r| identity(r.handle()))
+        .map_err(io_error(format!(
+            "container rootfs {}",
+            rootfs_path.display()
+        )))?;
+    let prepared = inject::prepare(plan)?;
+    let pid = state.pid.filter(|p| *p > 0);
+    let mut done = Vec::new();
+
+    // The host's cgroupfs is only certain to be visible before entering.
+    let rules: Vec<String> = prepared
+        .devices
+        .iter()
+        .map(|d| cgroup::rule(d.kind, d.rdev))
+        .collect();
+    if !rules.is_empty() {
+        let outcome = cgroup::allow(&cfg.cgroup_root, pid, &rules)
+            .map_err(io_error("allowing the devices in the container's cgroup"))?;
+        done.push(format!("devices cgroup: {outcome:?}"));
+    }
+
+    match (stage, pid) {
+        (Stage::Prestart, None) => {
+            return Err(HookError::Namespace(
+                "prestart: the runtime's State has no container pid".into(),
+            ))
+        }
+        (_, Some(pid)) if !namespace::shares_mount_ns_with(pid).unwrap_or(false) => {
+            namespace::enter_mount_ns(pid).map_err(io_error(format!(
+                "entering the mount namespace of pid {pid}"
+            )))?;
+            done.push(format!("entered the mount namespace of pid {pid}"));
+        }
+        _ => {}
+    }
+    // Mounting in the host's namespace would mount onto the host.
+    if namespace::shares_mount_ns_with(1).map_err(io_error("reading /proc/1/ns/mnt"))? {
+        return Err(HookError::Namespace(
+            "the hook is in the host's mount namespace: the container has none of its own, or \
+             the runtime runs this stage outside it without a pid to enter"
+                .into(),
+        ));
+    }
+    let root = locate_rootfs(&rootfs_path, expected)?;
+    done.extend(prepared.apply(&root)?);
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_become_allocation_names() {
+        assert_eq!(allocation_name("abc-1.2_x").unwrap(), "ctr-abc-1.2_x");
+        let hex = "0123456789abcdef".repeat(4);
+        assert!(allocation_name(&hex).is_ok());
+        for bad in ["", "../x", "a/b", "a b", "a\nb"] {
+            assert!(allocation_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn requests_resolve_by_index_or_uuid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.json");
+        std::fs::write(
+            &path,
+            r#"{"devices":[{"index":0,"uuid":"GPU-a","memoryMiB":8192},{"index":3,"uuid":"GPU-b","memoryMiB":8192}]}"#,
+        )
+        .unwrap();
+        let inv = discovery::for_vendor("mock", Path::new("/dev"), Some(&path))
+            .unwrap()
+            .inventory()
+            .unwrap();
+        let req = |device| DeviceRequest {
+            device,
+            memory_bytes: Some(1 << 30),
+            cores: Some(20),
+        };
+        let grants = resolve(
+            &[
+                req(DeviceRef::Uuid("GPU-b".into())),
+                req(DeviceRef::Index(0)),
+            ],
+            &inv,
+        )
+        .unwrap();
+        assert_eq!(grants[0].index, 3);
+        assert_eq!(grants[1].index, 0);
+        let err = resolve(&[req(DeviceRef::Uuid("GPU-zz".into()))], &inv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GPU-zz") && err.contains("3 (GPU-b)"), "{err}");
+        assert!(resolve(&[req(DeviceRef::Index(1))], &inv).is_err());
+    }
+}

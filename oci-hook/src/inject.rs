@@ -1,0 +1,208 @@
+//! Putting an injection into a container, in two steps:
+//! - [`prepare`] runs in the host's view: it clones the mount sources into
+//!   detached trees and reads the device numbers of the host's nodes;
+//! - [`Prepared::apply`] runs where the rootfs is (after entering the
+//!   container's mount namespace, for prestart) and touches nothing but paths
+//!   that [`RootFs`] resolved inside it.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::confine::RootFs;
+use crate::mount::{DetachedMount, MountFlags};
+
+/// `/etc/ld.so.preload` is a few lines; a larger one is not a preload list.
+const MAX_PRELOAD_BYTES: usize = 64 << 10;
+pub const PRELOAD_FILE: &str = "/etc/ld.so.preload";
+
+#[derive(Debug, Error)]
+pub enum InjectError {
+    #[error("mount source {source_path}: {error}")]
+    Source {
+        source_path: PathBuf,
+        error: io::Error,
+    },
+    #[error("device {host}: {reason}")]
+    Device { host: PathBuf, reason: String },
+    #[error("{target} in the container: {error}")]
+    Target { target: String, error: io::Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    pub source: PathBuf,
+    pub target: String,
+    pub flags: MountFlags,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePlan {
+    /// Path inside the container.
+    pub target: String,
+    /// The host node whose type, numbers and permissions it copies.
+    pub host: PathBuf,
+}
+
+/// Everything one container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub mounts: Vec<MountPlan>,
+    pub devices: Vec<DevicePlan>,
+    /// The line to add to `/etc/ld.so.preload`.
+    pub preload: String,
+}
+
+#[derive(Debug)]
+pub struct PreparedDevice {
+    pub target: String,
+    pub kind: libc::mode_t,
+    pub rdev: libc::dev_t,
+    pub perm: libc::mode_t,
+}
+
+#[derive(Debug)]
+pub struct Prepared {
+    mounts: Vec<(MountPlan, DetachedMount)>,
+    pub devices: Vec<PreparedDevice>,
+    preload: String,
+}
+
+pub fn prepare(plan: &Plan) -> Result<Prepared, InjectError> {
+    let mut mounts = Vec::new();
+    for m in &plan.mounts {
+        let tree =
+            DetachedMount::clone_of(&m.source, m.flags).map_err(|error| InjectError::Source {
+                source_path: m.source.clone(),
+                error,
+            })?;
+        mounts.push((m.clone(), tree));
+    }
+    let mut devices = Vec::new();
+    for d in &plan.devices {
+        let bad = |reason: String| InjectError::Device {
+            host: d.host.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(&d.host).map_err(|e| bad(e.to_string()))?;
+        let kind = if meta.file_type().is_char_device() {
+            libc::S_IFCHR
+        } else if meta.file_type().is_block_device() {
+            libc::S_IFBLK
+        } else {
+            return Err(bad("not a device node".into()));
+        };
+        devices.push(PreparedDevice {
+            target: d.target.clone(),
+            kind,
+            rdev: meta.rdev(),
+            perm: meta.mode() & 0o777,
+        });
+    }
+    Ok(Prepared {
+        mounts,
+        devices,
+        preload: plan.preload.clone(),
+    })
+}
+
+/// The preload list with `line` added once, keeping the image's entries.
+pub fn preload_with(existing: Option<&[u8]>, line: &str) -> Option<Vec<u8>> {
+    let existing = existing.unwrap_or_default();
+    let text = String::from_utf8_lossy(existing);
+    // ld.so.preload separates entries by blanks as well as newlines.
+    if text.split_whitespace().any(|entry| entry == line) {
+        return None;
+    }
+    let mut out = existing.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    Some(out)
+}
+
+impl Prepared {
+    /// Applies everything inside `root`; returns what was done, for the log.
+    pub fn apply(self, root: &RootFs) -> Result<Vec<String>, InjectError> {
+        let target_error = |target: &str| {
+            let target = target.to_owned();
+            move |error| InjectError::Target { target, error }
+        };
+        let mut done = Vec::new();
+        for (plan, tree) in self.mounts {
+            let inside = Path::new(&plan.target);
+            let is_dir = plan.source.is_dir();
+            let point = if is_dir {
+                root.mount_point_dir(inside)
+            } else {
+                root.mount_point_file(inside)
+            }
+            .map_err(target_error(&plan.target))?;
+            tree.attach(&point).map_err(target_error(&plan.target))?;
+            done.push(format!(
+                "mounted {} at {} ({})",
+                plan.source.display(),
+                plan.target,
+                if plan.flags.writable { "rw" } else { "ro" }
+            ));
+        }
+        for d in self.devices {
+            root.make_device(Path::new(&d.target), d.kind, d.rdev, d.perm)
+                .map_err(target_error(&d.target))?;
+            done.push(format!(
+                "device {} ({}:{})",
+                d.target,
+                libc::major(d.rdev),
+                libc::minor(d.rdev)
+            ));
+        }
+        let preload = Path::new(PRELOAD_FILE);
+        let existing = root
+            .read_file(preload, MAX_PRELOAD_BYTES)
+            .map_err(target_error(PRELOAD_FILE))?;
+        match preload_with(existing.as_deref(), &self.preload) {
+            Some(contents) => {
+                root.write_file(preload, &contents, 0o644)
+                    .map_err(target_error(PRELOAD_FILE))?;
+                done.push(format!(
+                    "{PRELOAD_FILE}: added {} ({} entries before)",
+                    self.preload,
+                    existing
+                        .as_deref()
+                        .map_or(0, |e| String::from_utf8_lossy(e).split_whitespace().count())
+                ));
+            }
+            None => done.push(format!("{PRELOAD_FILE}: already lists {}", self.preload)),
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preload_is_appended_once() {
+        let line = "/usr/local/vgpu/libhami_core.so";
+        assert_eq!(
+            preload_with(None, line).unwrap(),
+            format!("{line}\n").into_bytes()
+        );
+        let image = b"/usr/lib/libjemalloc.so";
+        let merged = preload_with(Some(image), line).unwrap();
+        assert_eq!(
+            String::from_utf8(merged.clone()).unwrap(),
+            format!("/usr/lib/libjemalloc.so\n{line}\n")
+        );
+        assert_eq!(preload_with(Some(&merged), line), None);
+        assert_eq!(
+            preload_with(Some(format!("a.so {line}").as_bytes()), line),
+            None
+        );
+    }
+}
