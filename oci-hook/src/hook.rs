@@ -293,8 +293,23 @@ fn inject_into(
             "container rootfs {}",
             rootfs_path.display()
         )))?;
+    if !config.has_own_mount_namespace() {
+        return Err(HookError::Namespace(
+            "the container has no mount namespace of its own: mounting would change the host"
+                .into(),
+        ));
+    }
     let prepared = inject::prepare(plan)?;
-    let pid = state.pid.filter(|p| *p > 0);
+    // The State's pid is in the runtime's pid namespace. A createContainer hook
+    // runs inside the container, where that number can name another process
+    // (runc reports the init as seen from inside: 1); it is already in the
+    // container's mount namespace and cgroup, as the runtime spec requires.
+    let pid = match stage {
+        Stage::Prestart => Some(state.pid.filter(|p| *p > 0).ok_or_else(|| {
+            HookError::Namespace("prestart: the runtime's State has no container pid".into())
+        })?),
+        _ => None,
+    };
     let mut done = Vec::new();
 
     // The host's cgroupfs is only certain to be visible before entering.
@@ -308,28 +323,15 @@ fn inject_into(
             .map_err(io_error("allowing the devices in the container's cgroup"))?;
         done.push(format!("devices cgroup: {outcome:?}"));
     }
-
-    match (stage, pid) {
-        (Stage::Prestart, None) => {
-            return Err(HookError::Namespace(
-                "prestart: the runtime's State has no container pid".into(),
-            ))
-        }
-        (_, Some(pid)) if !namespace::shares_mount_ns_with(pid).unwrap_or(false) => {
+    if let Some(pid) = pid {
+        if !namespace::shares_mount_ns_with(pid).map_err(io_error(format!(
+            "reading the mount namespace of pid {pid}"
+        )))? {
             namespace::enter_mount_ns(pid).map_err(io_error(format!(
                 "entering the mount namespace of pid {pid}"
             )))?;
             done.push(format!("entered the mount namespace of pid {pid}"));
         }
-        _ => {}
-    }
-    // Mounting in the host's namespace would mount onto the host.
-    if namespace::shares_mount_ns_with(1).map_err(io_error("reading /proc/1/ns/mnt"))? {
-        return Err(HookError::Namespace(
-            "the hook is in the host's mount namespace: the container has none of its own, or \
-             the runtime runs this stage outside it without a pid to enter"
-                .into(),
-        ));
     }
     let root = locate_rootfs(&rootfs_path, expected)?;
     done.extend(prepared.apply(&root)?);

@@ -109,19 +109,21 @@ pub fn prepare(plan: &Plan) -> Result<Prepared, InjectError> {
 }
 
 /// The preload list with `line` added once, keeping the image's entries.
+/// Ours goes first: the loader binds symbols in list order, so a library the
+/// image preloads before us (even libc itself) would otherwise take `dlsym`
+/// and the driver entry points, and the quota would silently not apply.
 pub fn preload_with(existing: Option<&[u8]>, line: &str) -> Option<Vec<u8>> {
     let existing = existing.unwrap_or_default();
     let text = String::from_utf8_lossy(existing);
     // ld.so.preload separates entries by blanks as well as newlines.
-    if text.split_whitespace().any(|entry| entry == line) {
+    if text.split_whitespace().next() == Some(line) {
         return None;
     }
-    let mut out = existing.to_vec();
-    if !out.is_empty() && !out.ends_with(b"\n") {
+    let mut out = format!("{line}\n").into_bytes();
+    for entry in text.split_whitespace().filter(|e| *e != line) {
+        out.extend_from_slice(entry.as_bytes());
         out.push(b'\n');
     }
-    out.extend_from_slice(line.as_bytes());
-    out.push(b'\n');
     Some(out)
 }
 
@@ -169,14 +171,17 @@ impl Prepared {
                 root.write_file(preload, &contents, 0o644)
                     .map_err(target_error(PRELOAD_FILE))?;
                 done.push(format!(
-                    "{PRELOAD_FILE}: added {} ({} entries before)",
+                    "{PRELOAD_FILE}: {} first ({} entries before)",
                     self.preload,
                     existing
                         .as_deref()
                         .map_or(0, |e| String::from_utf8_lossy(e).split_whitespace().count())
                 ));
             }
-            None => done.push(format!("{PRELOAD_FILE}: already lists {}", self.preload)),
+            None => done.push(format!(
+                "{PRELOAD_FILE}: already lists {} first",
+                self.preload
+            )),
         }
         Ok(done)
     }
@@ -187,22 +192,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn preload_is_appended_once() {
+    fn preload_goes_first_once_and_keeps_the_image_entries() {
         let line = "/usr/local/vgpu/libhami_core.so";
         assert_eq!(
             preload_with(None, line).unwrap(),
             format!("{line}\n").into_bytes()
         );
-        let image = b"/usr/lib/libjemalloc.so";
+        let image = b"/usr/lib/libjemalloc.so /usr/lib/libx.so";
         let merged = preload_with(Some(image), line).unwrap();
         assert_eq!(
             String::from_utf8(merged.clone()).unwrap(),
-            format!("/usr/lib/libjemalloc.so\n{line}\n")
+            format!("{line}\n/usr/lib/libjemalloc.so\n/usr/lib/libx.so\n")
         );
         assert_eq!(preload_with(Some(&merged), line), None);
+        // Listed, but behind another library: moved to the front.
+        let behind = format!("a.so {line}");
         assert_eq!(
-            preload_with(Some(format!("a.so {line}").as_bytes()), line),
-            None
+            preload_with(Some(behind.as_bytes()), line).unwrap(),
+            format!("{line}\na.so\n").into_bytes()
         );
     }
 }

@@ -56,6 +56,23 @@ pub struct Config {
     pub process: Option<Process>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub linux: Option<Linux>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -116,6 +133,16 @@ impl Config {
         serde_json::from_slice(&buf).map_err(|e| StateError::Parse {
             what: "config",
             reason: e.to_string(),
+        })
+    }
+
+    /// Whether the container gets a mount namespace of its own (a new one, not
+    /// one joined by path, which could be the host's).
+    pub fn has_own_mount_namespace(&self) -> bool {
+        self.linux.as_ref().is_some_and(|l| {
+            l.namespaces
+                .iter()
+                .any(|n| n.kind == "mount" && n.path.as_deref().unwrap_or("").is_empty())
         })
     }
 
@@ -184,6 +211,19 @@ mod tests {
     }
 
     #[test]
+    fn mount_namespace_must_be_new() {
+        let with = |ns: &str| -> Config {
+            serde_json::from_str(&format!(
+                r#"{{"root":{{"path":"/r"}},"linux":{{"namespaces":[{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(with(r#"{"type":"pid"},{"type":"mount"}"#).has_own_mount_namespace());
+        assert!(!with(r#"{"type":"pid"}"#).has_own_mount_namespace());
+        assert!(!with(r#"{"type":"mount","path":"/proc/1/ns/mnt"}"#).has_own_mount_namespace());
+    }
+
+    #[test]
     fn config_rootfs_is_relative_to_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -193,7 +233,8 @@ mod tests {
         .unwrap();
         let c = Config::read(dir.path()).unwrap();
         assert_eq!(c.rootfs(dir.path()), dir.path().join("rootfs"));
-        assert_eq!(c.process.unwrap().env, vec!["A=1"]);
+        assert_eq!(c.process.as_ref().unwrap().env, vec!["A=1"]);
+        assert!(!c.has_own_mount_namespace(), "linux has no namespaces");
         let err = Config::read(&dir.path().join("missing"))
             .unwrap_err()
             .to_string();

@@ -13,6 +13,7 @@ use hami_cdi::store::{self, SpecStore};
 use hami_testkit::fake_gpu::FakeGpu;
 use hami_testkit::podman::Podman;
 use hami_testkit::rootfs::Rootfs;
+pub use hami_testkit::{field, find_library};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -237,13 +238,6 @@ impl Scenario {
     }
 }
 
-/// `key=<number>` from the first line starting with `prefix `.
-pub fn field(out: &str, prefix: &str, key: &str) -> Option<u64> {
-    let line = out.lines().find(|l| l.starts_with(&format!("{prefix} ")))?;
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    line[start..].split_whitespace().next()?.parse().ok()
-}
-
 /// The table the demo prints.
 pub fn report(tenants: &[Tenant], observed: &[Observed], chunk: u64) -> String {
     let mib = |b: u64| format!("{} MiB", b / MIB);
@@ -337,17 +331,6 @@ pub fn verify(tenants: &[Tenant], observed: &[Observed], chunk: u64) -> Vec<Stri
         }
     }
     problems
-}
-
-/// Host path of the release (or test-profile) libhami_core.so next to `exe`.
-pub fn find_library(exe: &Path) -> Option<PathBuf> {
-    let dir = exe.parent()?;
-    [
-        dir.join("libhami_core.so"),
-        dir.join("deps/libhami_core.so"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
 }
 
 /// Reads a map of stray env that would disturb the scenario.

@@ -2,7 +2,7 @@
 //! in /var/run/cdi, hami-core preloaded through /etc/ld.so.preload, two
 //! containers on one fake GPU.
 
-use hami_e2e::{find_library, verify, Scenario};
+use hami_e2e::{verify, Scenario};
 use hami_testkit::need::{require, Need};
 
 #[test]
@@ -15,10 +15,7 @@ fn two_containers_share_one_gpu_through_cdi_specs() {
     if !require("two_containers_share_one_gpu_through_cdi_specs", &needs) {
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let library = find_library(exe.parent().unwrap()).expect(
-        "libhami_core.so not built: run the whole workspace's tests (cargo test --workspace)",
-    );
+    let library = hami_testkit::test_library();
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     // A name unique to this run: the specs go to the shared /var/run/cdi.

@@ -63,6 +63,36 @@ impl KitError {
 
 pub type Result<T, E = KitError> = std::result::Result<T, E>;
 
+/// `key=<number>` from the first line of a test program's output that starts
+/// with `prefix ` (the fake applications print `op key=value …` lines).
+pub fn field(out: &str, prefix: &str, key: &str) -> Option<u64> {
+    let line = out.lines().find(|l| l.starts_with(&format!("{prefix} ")))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))?
+        .parse()
+        .ok()
+}
+
+/// Host path of the release (or test-profile) libhami_core.so next to `exe`
+/// (a binary in `target/<profile>/`, or a test in its `deps/`).
+pub fn find_library(exe: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = exe.parent()?;
+    [
+        dir.join("libhami_core.so"),
+        dir.join("deps/libhami_core.so"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
+
+/// libhami_core.so for a test binary (which runs from `target/<profile>/deps/`).
+pub fn test_library() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    find_library(exe.parent().expect("test binary directory")).expect(
+        "libhami_core.so not built: run the whole workspace's tests (cargo test --workspace)",
+    )
+}
+
 /// A name unique to this process and call, for container ids and cgroup parents.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
