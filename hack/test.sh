@@ -20,6 +20,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== static hook"
+# The build nodes get; the hostile-image tests run it as well as the dynamic one.
+HAMI_OCI_HOOK_STATIC=$(./hack/build-static-hook.sh dev)
+export HAMI_OCI_HOOK_STATIC
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -22,6 +22,12 @@ pub const PRELOAD_FILE: &str = "ld.so.preload";
 /// The node-wide lock directory inside every container, and the lock file in it.
 pub const LOCK_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/lock";
 pub const CONTEXT_LOCK_FILE: &str = "context.lock";
+/// The one variable every hook entry sets. A hook with no `env` inherits the
+/// environment of the runtime process that starts it, and runc starts
+/// createContainer hooks from inside the container, with the image's
+/// environment (LD_PRELOAD included: the CVE-2025-23266 shape). An empty list
+/// is not enough: runtimes that rewrite config.json drop empty lists.
+pub const HOOK_ENV: &str = "HAMI_OCI_HOOK=1";
 /// The node-wide NPU schedule file, beside the lock (Ascend time-slicing).
 pub const NPU_SCHEDULE_FILE: &str = "npu-schedule";
 
@@ -260,7 +266,7 @@ impl EditSource for CreateContainerHook {
                 hook_name: "createContainer".into(),
                 path: hook.to_string_lossy().into_owned(),
                 args: vec!["hami-oci-hook".into(), "createContainer".into()],
-                env: vec![],
+                env: vec![HOOK_ENV.into()],
                 timeout: Some(10),
             }],
             ..ContainerEdits::default()

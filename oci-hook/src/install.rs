@@ -18,6 +18,8 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use toml_edit::{Array, DocumentMut, Item, Table};
 
+use hami_cdi::builder::HOOK_ENV;
+
 use crate::cli::HookArgs;
 
 #[derive(Debug, Error)]
@@ -118,7 +120,7 @@ pub fn hooks_d(hook: &Path, args: &HookArgs, dir: &Path) -> Vec<Planned> {
             "hook": {
                 "path": hook,
                 "args": hook_argv(stage, args),
-                "env": [],
+                "env": [HOOK_ENV],
                 "timeout": 10
             },
             "when": { "annotations": { HOOKS_D_ANNOTATION: ".*" } },
@@ -280,7 +282,9 @@ pub fn with_hooks(mut spec: Value, hook: &Path, args: &HookArgs) -> Result<Value
             .as_array_mut()
             .ok_or_else(|| bad(format!("base runtime spec: hooks.{stage} is not a list")))?;
         list.retain(|h| h.get("path").and_then(Value::as_str) != Some(path.as_str()));
-        list.push(json!({"path": path, "args": hook_argv(stage, args), "env": [], "timeout": 10}));
+        list.push(
+            json!({"path": path, "args": hook_argv(stage, args), "env": [HOOK_ENV], "timeout": 10}),
+        );
     }
     Ok(spec)
 }
@@ -502,8 +506,8 @@ root = "/data/containerd"
         assert_eq!(doc["stages"], json!(["createContainer"]));
         assert_eq!(
             doc["hook"]["env"],
-            json!([]),
-            "the hook gets no environment"
+            json!([HOOK_ENV]),
+            "an explicit environment, never the container's"
         );
         let when = doc["when"]["annotations"].as_object().unwrap();
         assert_eq!(when.len(), 1);

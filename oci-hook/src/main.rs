@@ -48,13 +48,24 @@ enum Command {
 /// dropped before anything else, the working directory (some runtimes start
 /// hooks inside the bundle) is left, and the umask is cleared so that created
 /// files and device nodes get exactly the modes the hook asks for.
-fn scrub_process() {
+///
+/// Returns the dynamic-loader variables that were set. The hook's own
+/// configuration never sets them, so they came from the container (a runtime
+/// starting the hook without an explicit `env`); by the time main runs, the
+/// loader has already honoured them, so the statically linked build
+/// (hack/build-static-hook.sh) is the one to install on nodes.
+fn scrub_process() -> Vec<String> {
+    let mut loader_vars = Vec::new();
     for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("LD_") {
+            loader_vars.push(key.to_string_lossy().into_owned());
+        }
         std::env::remove_var(key);
     }
     let _ = std::env::set_current_dir("/");
     // SAFETY: umask only changes this process's file-creation mask.
     unsafe { libc::umask(0) };
+    loader_vars
 }
 
 fn init_logging(dir: &std::path::Path) -> Option<String> {
@@ -80,7 +91,7 @@ fn init_logging(dir: &std::path::Path) -> Option<String> {
     }
 }
 
-fn run_stage(stage: Stage, args: HookArgs) -> ExitCode {
+fn run_stage(stage: Stage, args: HookArgs, loader_vars: &[String]) -> ExitCode {
     let state = state::read_state(std::io::stdin().lock());
     let state = match state {
         Ok(s) => s,
@@ -101,6 +112,18 @@ fn run_stage(stage: Stage, args: HookArgs) -> ExitCode {
     let _enter = span.enter();
     if let Some(p) = log_problem {
         tracing::warn!("{p}");
+    }
+    // A static build has no loader for these to act on; a dynamic one already
+    // ran whatever they named.
+    let dynamic = !cfg!(target_feature = "crt-static");
+    if dynamic && !loader_vars.is_empty() && stage != Stage::Poststop {
+        tracing::error!(
+            "refusing to start the container: the hook was started with the container's \
+             environment ({}); give the hook an explicit env in the runtime configuration \
+             (hami-oci-hook install does)",
+            loader_vars.join(", ")
+        );
+        return ExitCode::FAILURE;
     }
     let cfg = args.config();
     match hook::run(stage, &cfg, &state) {
@@ -128,12 +151,12 @@ fn run_stage(stage: Stage, args: HookArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    scrub_process();
+    let loader_vars = scrub_process();
     let cli = Cli::parse();
     match cli.command {
-        Command::CreateContainer(a) => run_stage(Stage::CreateContainer, a),
-        Command::Prestart(a) => run_stage(Stage::Prestart, a),
-        Command::Poststop(a) => run_stage(Stage::Poststop, a),
+        Command::CreateContainer(a) => run_stage(Stage::CreateContainer, a, &loader_vars),
+        Command::Prestart(a) => run_stage(Stage::Prestart, a, &loader_vars),
+        Command::Poststop(a) => run_stage(Stage::Poststop, a, &loader_vars),
         Command::Install(a) => match install::run(&a) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

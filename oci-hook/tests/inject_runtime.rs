@@ -124,3 +124,119 @@ fn crun_create_container_injects_and_limits() {
 fn crun_prestart_injects_and_limits() {
     injects_and_limits(OciRuntime::Crun, "prestart");
 }
+
+/// A quota the hook cannot read exactly stops the container, with the reason
+/// in the runtime's error; the container's process never runs.
+#[test]
+fn malformed_quota_fails_container_creation() {
+    if !require(
+        "malformed_quota_fails_container_creation",
+        &needs(OciRuntime::Runc),
+    ) {
+        return;
+    }
+    let scene = Scene::new("/dev/null");
+    let cases = [
+        (vec![("hami.io/gpumem", "4Gi")], "hami.io/gpumem"),
+        (vec![("hami.io/gpucores", "150")], "hami.io/gpucores"),
+        (
+            vec![("hami.io/devices", "7"), ("hami.io/gpumem", "1g")],
+            "not on this node",
+        ),
+        (vec![("huawei.com/vnpu-mode", "hami-core")], "no quota"),
+        (
+            vec![(
+                "hami.io/vgpu-devices-to-allocate",
+                "GPU-a,NVIDIA,1000,0:;GPU-b,NVIDIA,1000,0:",
+            )],
+            "container slots",
+        ),
+    ];
+    for (annotations, reason) in cases {
+        let mut bundle = scene.bundle("bundle", "createContainer", "echo CONTAINER-RAN");
+        for (k, v) in &annotations {
+            bundle.annotation(k, v);
+        }
+        let sandbox = OciSandbox::new(OciRuntime::Runc).unwrap();
+        let id = hami_testkit::unique_name("closed");
+        let out = sandbox.run(&mut bundle, &id).unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{annotations:?} started: {stdout}");
+        assert!(!stdout.contains("CONTAINER-RAN"), "{annotations:?}");
+        assert!(
+            stderr.contains("refusing to start the container") && stderr.contains(reason),
+            "{annotations:?}: {stderr}"
+        );
+        assert!(!scene.allocation_dir(&id).exists(), "state left behind");
+    }
+}
+
+/// A container without hami annotations is left exactly as it was: no log,
+/// no state, no preload file, no mounts.
+#[test]
+fn unannotated_container_is_untouched() {
+    if !require(
+        "unannotated_container_is_untouched",
+        &needs(OciRuntime::Runc),
+    ) {
+        return;
+    }
+    let scene = Scene::new("/dev/null");
+    let mut bundle = scene.bundle(
+        "bundle",
+        "createContainer",
+        "ls /etc/ld.so.preload /usr/local/vgpu 2>&1; grep -c vgpu /proc/self/mountinfo",
+    );
+    bundle.annotation("io.kubernetes.cri.container-name", "app");
+    let sandbox = OciSandbox::new(OciRuntime::Runc).unwrap();
+    let out = sandbox
+        .run(&mut bundle, &hami_testkit::unique_name("plain"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("No such file"), "{stdout}");
+    assert!(stdout.trim_end().ends_with('0'), "{stdout}");
+    assert!(!scene.log_dir.exists(), "the fast path opened the log");
+    assert!(!scene.state_dir.exists());
+    assert!(!scene.rootfs.path().join("etc/ld.so.preload").exists());
+}
+
+/// A device node the runtime's devices cgroup does not list (the host's
+/// /dev/loop-control, 10:237; runc's defaults do allow /dev/net/tun) can be
+/// opened only because the hook allowed it.
+#[test]
+fn injected_device_is_allowed_in_the_v1_devices_cgroup() {
+    let name = "injected_device_is_allowed_in_the_v1_devices_cgroup";
+    if !require(name, &needs(OciRuntime::Runc)) {
+        return;
+    }
+    let v1_devices = std::path::Path::new("/sys/fs/cgroup/devices/devices.allow").exists();
+    let node = std::path::Path::new("/dev/loop-control");
+    if !v1_devices || !node.exists() {
+        // Not this machine's kind: say so rather than pass silently.
+        eprintln!("SKIP {name}: needs a cgroup v1 devices controller and /dev/loop-control");
+        assert!(
+            std::env::var_os(hami_testkit::need::REQUIRE_ENV).is_none(),
+            "{name} cannot run here"
+        );
+        return;
+    }
+    for stage in ["createContainer", "prestart"] {
+        let scene = Scene::new("/dev/loop-control");
+        let mut bundle = scene.bundle(
+            "bundle",
+            stage,
+            "ls -ln /dev/nvidia0; if exec 3<>/dev/nvidia0; then echo OPENED; else echo DENIED; fi",
+        );
+        bundle.annotation("hami.io/gpumem", "1g");
+        let sandbox = OciSandbox::new(OciRuntime::Runc).unwrap();
+        let out = sandbox
+            .run(&mut bundle, &hami_testkit::unique_name("devcg"))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("10, 237"), "{stdout}");
+        assert!(stdout.contains("OPENED"), "{stage}: {stdout}\n{stderr}");
+    }
+}

@@ -14,6 +14,9 @@ use hami_testkit::oci::OciRuntime;
 use hami_testkit::rootfs::Rootfs;
 
 pub const HOOK: &str = env!("CARGO_BIN_EXE_hami-oci-hook");
+pub use hami_cdi::builder::HOOK_ENV;
+/// Set by hack/test.sh to the statically linked build (hack/build-static-hook.sh).
+pub const STATIC_HOOK_ENV: &str = "HAMI_OCI_HOOK_STATIC";
 pub const GPU_UUID: &str = "GPU-0c1d0000-0000-4000-8000-000000000001";
 pub const CHUNK: u64 = 256 << 20;
 
@@ -92,8 +95,20 @@ impl Scene {
         args
     }
 
-    /// A bundle running `script` with sh, the hook at `stage` and at poststop.
+    /// A bundle running `script` with sh, the hook at `stage` and at poststop,
+    /// configured as `hami-oci-hook install` does (an explicit environment).
     pub fn bundle(&self, name: &str, stage: &str, script: &str) -> OciBundle {
+        self.bundle_with_hook(name, stage, script, Path::new(HOOK), &[HOOK_ENV])
+    }
+
+    pub fn bundle_with_hook(
+        &self,
+        name: &str,
+        stage: &str,
+        script: &str,
+        hook: &Path,
+        env: &[&str],
+    ) -> OciBundle {
         let mut bundle = OciBundle::new(
             &self.work.path().join(name),
             self.rootfs.path(),
@@ -102,7 +117,7 @@ impl Scene {
         for s in [stage, "poststop"] {
             let args = self.hook_args(s);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            bundle.hook(s, Path::new(HOOK), &args, &[]);
+            bundle.hook(s, hook, &args, env);
         }
         bundle
     }
