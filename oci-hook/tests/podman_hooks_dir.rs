@@ -31,7 +31,10 @@ fn podman_runs_the_installed_hook_for_annotated_containers() {
         .chain(hami_testkit::fake_gpu::NEEDS.iter())
         .copied()
         .collect();
-    if !require("podman_runs_the_installed_hook_for_annotated_containers", &needs) {
+    if !require(
+        "podman_runs_the_installed_hook_for_annotated_containers",
+        &needs,
+    ) {
         return;
     }
     let scene = Scene::new("/dev/null");
@@ -87,10 +90,7 @@ fn podman_runs_the_installed_hook_for_annotated_containers() {
         stdout.starts_with("/usr/local/vgpu/libhami_core.so\n"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("CUDA_DEVICE_MEMORY_LIMIT_0=1g"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("CUDA_DEVICE_MEMORY_LIMIT_0=1g"), "{stdout}");
     assert_eq!(field(&stdout, "info", "total"), Some(1 << 30), "{stdout}");
     assert_eq!(
         field(&stdout, "alloc-until-oom", "count"),
