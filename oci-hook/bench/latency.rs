@@ -53,6 +53,10 @@ fn feed(program: &str, args: &[&str], stdin: &[u8]) -> Duration {
     took
 }
 
+/// A row of the container table: name, the hook binary and its stage (none:
+/// no hook), and whether the container is annotated.
+type Config = (&'static str, Option<(&'static str, &'static str)>, bool);
+
 struct Row {
     name: String,
     mean: Duration,
@@ -152,8 +156,7 @@ fn main() {
         a
     };
     let env = [hami_cdi::builder::HOOK_ENV];
-    // (name, hook binary and stage, annotated)
-    let configs: Vec<(&str, Option<(&str, &str)>, bool)> = vec![
+    let configs: Vec<Config> = vec![
         ("runc run, no hook (baseline)", None, false),
         (
             "runc run, /bin/true as the hooks (runc's cost)",
