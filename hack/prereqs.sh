@@ -12,6 +12,8 @@ declare -A PROVIDER=(
     [jq]=jq
     [protoc]=protobuf-compiler
     [gcc]=gcc
+    [g++]=g++
+    [readelf]=binutils
     [unshare]=util-linux
     [ldd]=libc-bin
 )
@@ -32,7 +34,7 @@ if ((${#missing[@]})); then
     echo "hack/prereqs.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc util-linux >/dev/null
+    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux >/dev/null
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

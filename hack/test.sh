@@ -24,6 +24,8 @@ echo "== static hook"
 # The build nodes get; the hostile-image tests run it as well as the dynamic one.
 HAMI_OCI_HOOK_STATIC=$(./hack/build-static-hook.sh dev)
 export HAMI_OCI_HOOK_STATIC
+echo "== fuzz: hami-oci-hook inputs, 30 s"
+./hack/fuzz-hook.sh 30
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -4,11 +4,13 @@
 //! - [`state`]: the OCI State from stdin and the bundle's config.json, size-capped;
 //! - [`hook`]: one invocation, from the State to an injected container;
 //! - [`inject`], [`mount`], [`confine`]: the injection, confined to the rootfs;
-//! - [`namespace`], [`cgroup`]: entering the container, allowing its devices.
+//! - [`namespace`], [`cgroup`]: entering the container, allowing its devices;
+//! - [`install`]: runtime configuration; [`fuzz`]: the fuzzing entry point.
 
 pub mod cgroup;
 pub mod cli;
 pub mod confine;
+pub mod fuzz;
 pub mod hook;
 pub mod inject;
 pub mod install;
