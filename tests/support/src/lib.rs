@@ -16,6 +16,7 @@
 pub mod bundle;
 pub mod cc;
 pub mod cgroup;
+pub mod containerd;
 pub mod fake_gpu;
 pub mod need;
 pub mod oci;

@@ -1,0 +1,169 @@
+//! A private containerd daemon for one test: its own root, state directory
+//! and socket under a temporary directory, the CRI plugin off, and containers
+//! driven with `ctr`. Teardown kills the daemon and the shims it started (by
+//! PID) and unmounts what it left under its directories.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::cgroup::CgroupParent;
+use crate::need::Need;
+use crate::process::{run_with_timeout, DEFAULT_TIMEOUT};
+use crate::{KitError, Result};
+
+pub const NEEDS: [Need; 4] = [
+    Need::Root,
+    Need::Binary("containerd"),
+    Need::Binary("ctr"),
+    Need::Binary("runc"),
+];
+
+pub struct Containerd {
+    dir: TempDir,
+    daemon: Child,
+    cgroups: CgroupParent,
+}
+
+impl Containerd {
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("hami-containerd-")
+            .tempdir()
+            .map_err(KitError::io("create containerd dir"))?;
+        let base = dir.path();
+        let config = base.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{sock}\"\n\
+                 [ttrpc]\n  address = \"{sock}.ttrpc\"\n",
+                root = base.join("root").display(),
+                state = base.join("state").display(),
+                sock = base.join("containerd.sock").display(),
+            ),
+        )
+        .map_err(KitError::io(format!("write {}", config.display())))?;
+        let log = fs::File::create(base.join("containerd.log"))
+            .map_err(KitError::io("create containerd log"))?;
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(KitError::io("dup log"))?)
+            .stderr(log)
+            .spawn()
+            .map_err(KitError::io("start containerd"))?;
+        let me = Self {
+            dir,
+            daemon,
+            cgroups: CgroupParent::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = run_with_timeout(me.ctr().arg("version"), Duration::from_secs(10))
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                return Err(KitError::Failed {
+                    command: "ctr version".into(),
+                    status: "containerd did not answer on its socket within 30 s".into(),
+                    stderr: me.log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn cgroups(&self) -> &CgroupParent {
+        &self.cgroups
+    }
+
+    /// `ctr` bound to this daemon, in the `hami-test` namespace.
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "hami-test"]);
+        c
+    }
+
+    /// `ctr run --rm --config <spec> <id>`: the container from a complete
+    /// runtime spec (its `root.path` an absolute directory), in the foreground.
+    pub fn run_spec(&self, spec: &Path, id: &str) -> Result<Output> {
+        run_with_timeout(
+            self.ctr()
+                .args(["run", "--rm", "--config"])
+                .arg(spec)
+                .arg(id),
+            DEFAULT_TIMEOUT,
+        )
+    }
+
+    fn unmount_leftovers(&self) {
+        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let base = self.dir.path().to_string_lossy().into_owned();
+        let mut targets: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&base))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.cgroups.cleanup();
+        // The shims outlive the daemon; each records its PID under the state dir.
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let mut pids = Vec::new();
+        collect_shim_pids(&self.dir.path().join("state"), &mut pids);
+        for pid in pids {
+            // SAFETY: signalling a PID this daemon's shim wrote for itself.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        self.unmount_leftovers();
+    }
+}
+
+fn collect_shim_pids(dir: &Path, out: &mut Vec<i32>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_shim_pids(&p, out);
+        } else if p.file_name().is_some_and(|n| n == "shim.pid") {
+            if let Some(pid) = fs::read_to_string(&p)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                out.push(pid);
+            }
+        }
+    }
+}
