@@ -26,4 +26,4 @@ if readelf -l "$out" | grep -q 'Requesting program interpreter'; then
     echo "build-static-hook: $out still has a program interpreter" >&2
     exit 1
 fi
-echo "$out"
+realpath "$out"
