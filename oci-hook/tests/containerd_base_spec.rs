@@ -5,8 +5,9 @@
 //! runc shim), annotated as the CRI plugin would pass a pod's annotations,
 //! and the fake-driver application inside is held to the quota.
 //!
-//! Not covered here: the CRI plugin itself copying pod annotations into the
-//! spec (`pod_annotations`); the test sets them on the spec directly.
+//! The CRI plugin copying pod annotations into the spec (`pod_annotations`)
+//! is not involved here (the test sets them on the spec directly); the CRI
+//! path is tests/e2e/tests/containerd_cri.rs.
 
 mod support;
 

@@ -20,6 +20,7 @@ pub mod containerd;
 pub mod fake_gpu;
 pub mod need;
 pub mod oci;
+pub mod oci_image;
 pub mod podman;
 pub mod process;
 pub mod rootfs;
