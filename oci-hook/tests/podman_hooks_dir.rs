@@ -1,7 +1,7 @@
 //! The podman path end to end: `hami-oci-hook install --runtime podman` writes
-//! the hooks.d files, podman (with `--hooks-dir`) runs the hook for a container
-//! annotated `huawei.com/vnpu-mode=hami-core`, and the fake-driver application
-//! inside is held to the annotated quota. An unannotated container does not
+//! the hooks.d files, podman (with `--hooks-dir`) runs the hook for containers
+//! annotated `huawei.com/vnpu-mode=hami-core`, and the fake-driver applications
+//! inside (a CUDA one and a CANN one) are held to the annotated quota. An unannotated container does not
 //! match the hooks.d rule at all, and poststop removes the container's state.
 
 mod support;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hami_testkit::need::{require, Need};
 use hami_testkit::podman::Podman;
-use support::{field, Scene, CHUNK, HOOK, PROBE};
+use support::{fake_gpu, field, Scene, CHUNK, HOOK, PROBE};
 
 fn allocations(scene: &Scene) -> Vec<String> {
     std::fs::read_dir(&scene.state_dir)
@@ -97,8 +97,44 @@ fn podman_runs_the_installed_hook_for_annotated_containers() {
         Some((1 << 30) / CHUNK),
         "{stdout}"
     );
+
+    // A CANN-style application (it dlopens libascendcl.so) in the same mode:
+    // 4096 MiB of a 64 GiB fake NPU, then Ascend's out-of-memory code.
+    fake_gpu().install_npu(&scene.rootfs).unwrap();
+    let out = podman
+        .run(&[
+            "--annotation",
+            "huawei.com/vnpu-mode=hami-core",
+            "--annotation",
+            "hami.io/vnpu-core-memory=4096",
+            "--rootfs",
+            &rootfs,
+            "/usr/bin/npu_app",
+            "info",
+            "acl-until-oom",
+            "1073741824",
+        ])
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(field(&stdout, "info", "total"), Some(4 << 30), "{stdout}");
+    assert_eq!(
+        field(&stdout, "acl-until-oom", "count"),
+        Some(4),
+        "{stdout}"
+    );
+    assert_eq!(
+        field(&stdout, "acl-until-oom", "rc"),
+        Some(207_001),
+        "ACL_ERROR_RT_MEMORY_ALLOCATION"
+    );
+
     let log = std::fs::read_to_string(scene.log_dir.join("oci-hook.log")).unwrap();
-    assert!(log.contains("injected hami-core"), "{log}");
+    assert_eq!(log.matches("injected hami-core").count(), 2, "{log}");
 
     // poststop runs when podman cleans the container up.
     let deadline = Instant::now() + Duration::from_secs(20);

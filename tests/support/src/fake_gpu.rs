@@ -39,6 +39,16 @@ impl FakeGpu {
         self.dir.join("cuda_app")
     }
 
+    /// Puts the fake CANN runtime (`libascendcl.so`, `libruntime.so`) and
+    /// `npu_app` (at /usr/bin/npu_app) into a rootfs.
+    pub fn install_npu(&self, rootfs: &Rootfs) -> Result<()> {
+        rootfs.add_binary(&self.dir.join("npu_app"), "/usr/bin/npu_app")?;
+        for lib in ["libascendcl.so", "libruntime.so"] {
+            rootfs.copy_in(&self.dir.join(lib), &format!("{LIBDIR_IN_ROOTFS}/{lib}"))?;
+        }
+        Ok(())
+    }
+
     /// Puts the fake driver and `cuda_app` (at /usr/bin/cuda_app) into a rootfs.
     pub fn install(&self, rootfs: &Rootfs) -> Result<()> {
         rootfs.add_binary(&self.app(), "/usr/bin/cuda_app")?;
