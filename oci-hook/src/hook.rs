@@ -299,6 +299,14 @@ fn inject_into(
                 .into(),
         ));
     }
+    if config.rootfs_propagates_to_host() {
+        return Err(HookError::Namespace(
+            "the container's rootfsPropagation is shared: mounts under its rootfs would \
+             propagate to the host; give this container its quota through the CDI path \
+             (the device plugin) instead"
+                .into(),
+        ));
+    }
     let prepared = inject::prepare(plan)?;
     // The State's pid is in the runtime's pid namespace. A createContainer hook
     // runs inside the container, where that number can name another process

@@ -65,6 +65,8 @@ pub struct Config {
 pub struct Linux {
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
+    #[serde(default)]
+    pub rootfs_propagation: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -146,6 +148,15 @@ impl Config {
         })
     }
 
+    /// Whether a mount under the rootfs would propagate to the host's peer
+    /// mount (`rootfsPropagation: shared` or `rshared`).
+    pub fn rootfs_propagates_to_host(&self) -> bool {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.rootfs_propagation.as_deref())
+            .is_some_and(|p| matches!(p, "shared" | "rshared"))
+    }
+
     /// The rootfs on the host: `root.path`, relative to the bundle unless absolute.
     pub fn rootfs(&self, bundle: &Path) -> PathBuf {
         if self.root.path.is_absolute() {
@@ -221,6 +232,15 @@ mod tests {
         assert!(with(r#"{"type":"pid"},{"type":"mount"}"#).has_own_mount_namespace());
         assert!(!with(r#"{"type":"pid"}"#).has_own_mount_namespace());
         assert!(!with(r#"{"type":"mount","path":"/proc/1/ns/mnt"}"#).has_own_mount_namespace());
+        let propagation = |p: &str| -> bool {
+            serde_json::from_str::<Config>(&format!(
+                r#"{{"root":{{"path":"/r"}},"linux":{{"rootfsPropagation":"{p}"}}}}"#
+            ))
+            .unwrap()
+            .rootfs_propagates_to_host()
+        };
+        assert!(propagation("rshared") && propagation("shared"));
+        assert!(!propagation("rslave") && !propagation("private"));
     }
 
     #[test]
