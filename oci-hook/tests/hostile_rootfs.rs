@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use hami_testkit::cc::{compile, Artifact};
 use hami_testkit::need::require;
 use hami_testkit::oci::{OciRuntime, OciSandbox};
-use support::{field, host_mounts_under, needs, Scene, HOOK, HOOK_ENV, STATIC_HOOK_ENV};
+use hami_testkit::process::mounts_under as host_mounts_under;
+use support::{field, needs, Scene, HOOK, HOOK_ENV, STATIC_HOOK_ENV};
 
 /// A host directory the image aims at; its contents must never change.
 struct HostDecoy {

@@ -8,7 +8,8 @@ mod support;
 
 use hami_testkit::need::require;
 use hami_testkit::oci::{OciRuntime, OciSandbox};
-use support::{field, host_mounts_under, needs, Scene, CHUNK, PROBE};
+use hami_testkit::process::mounts_under as host_mounts_under;
+use support::{field, needs, Scene, CHUNK, PROBE};
 
 const IMAGE_PRELOAD: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 

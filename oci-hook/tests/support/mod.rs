@@ -133,15 +133,3 @@ pub const PROBE: &str = "cat /etc/ld.so.preload; echo ---; ls -ln /dev/nvidia0; 
      /usr/bin/cuda_app info alloc-until-oom 268435456";
 
 pub use hami_testkit::field;
-
-/// Mount points of this (host) process under `dir`.
-pub fn host_mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| m.starts_with(&dir))
-        .map(str::to_owned)
-        .collect()
-}

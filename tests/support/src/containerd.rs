@@ -161,22 +161,6 @@ impl Containerd {
             DEFAULT_TIMEOUT,
         )
     }
-
-    fn unmount_leftovers(&self) {
-        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-            return;
-        };
-        let base = self.dir.path().to_string_lossy().into_owned();
-        let mut targets: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&base))
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            let _ = Command::new("umount").arg("-l").arg(t).status();
-        }
-    }
 }
 
 impl Drop for Containerd {
@@ -193,7 +177,7 @@ impl Drop for Containerd {
             // SAFETY: signalling a PID this daemon's shim wrote for itself.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        self.unmount_leftovers();
+        crate::process::unmount_under(self.dir.path());
     }
 }
 

@@ -96,24 +96,6 @@ impl Podman {
             .args(args);
         run_with_timeout(&mut cmd, timeout)
     }
-
-    /// Unmounts whatever podman left mounted under our private directory.
-    fn unmount_leftovers(&self) {
-        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
-            return;
-        };
-        let base = self.dir.path().to_string_lossy().into_owned();
-        let mut targets: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&base))
-            .collect();
-        // Deepest first.
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            let _ = Command::new("umount").arg("-l").arg(t).status();
-        }
-    }
 }
 
 impl Podman {
@@ -126,7 +108,7 @@ impl Podman {
             DEFAULT_TIMEOUT,
         );
         self.cgroups.cleanup();
-        self.unmount_leftovers();
+        crate::process::unmount_under(self.dir.path());
     }
 }
 

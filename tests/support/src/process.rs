@@ -3,6 +3,7 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -88,6 +89,29 @@ pub fn describe(cmd: &Command) -> String {
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Mount points under `dir` in this process's mount table, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let base = dir.to_string_lossy().into_owned();
+    let mut targets: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&base))
+        .map(str::to_owned)
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    targets
+}
+
+/// Lazily unmounts whatever a runtime left mounted under `dir`.
+pub fn unmount_under(dir: &Path) {
+    for t in mounts_under(dir) {
+        let _ = Command::new("umount").arg("-l").arg(t).status();
+    }
 }
 
 #[cfg(test)]
