@@ -1,20 +1,115 @@
-//! `hami-controller`: Scheduler extender, admission webhook and quota for hami-rs.
+//! `hami-controller`: scheduler extender, admission webhook and quota for hami-rs.
 //!
-//! Not implemented yet: the work is tracked in the controller issue. The binary exists so
-//! the workspace layout, packaging and CI are in place; it refuses to run rather
-//! than pretend to work.
+//! ```text
+//! hami-controller simulate --nodes openb_node_list_gpu_node.csv --pods openb_pod_list_default.csv …
+//! ```
+//!
+//! The extender and webhook servers are not implemented yet (the controller
+//! issues); `serve` refuses to run rather than pretend to work.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hami_controller::simulate::openb::{read_nodes, read_pods};
+use hami_controller::simulate::{Policy, Simulation};
 
 #[derive(Parser)]
 #[command(
     name = "hami-controller",
     version,
-    about = "Scheduler extender, admission webhook and quota for hami-rs. (not implemented yet)"
+    about = "Scheduler extender, admission webhook and quota for hami-rs"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
-    Cli::parse();
-    anyhow::bail!("hami-controller is not implemented yet (see the controller issue)")
+#[derive(Subcommand)]
+enum Command {
+    /// Replay an openb trace through the scheduler's fit and score code and
+    /// report the unallocated GPU share when arrivals reach 100% of capacity.
+    Simulate {
+        /// The node list (openb_node_list_gpu_node.csv).
+        #[arg(long)]
+        nodes: PathBuf,
+        /// One or more pod lists; one table each.
+        #[arg(long, required = true, num_args = 1..)]
+        pods: Vec<PathBuf>,
+        /// First and last seed, inclusive.
+        #[arg(long, default_value_t = 42)]
+        first_seed: u64,
+        #[arg(long, default_value_t = 51)]
+        last_seed: u64,
+    },
+    /// Serve the extender and webhook (not implemented yet).
+    Serve,
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn simulate(
+    nodes: &PathBuf,
+    pod_files: &[PathBuf],
+    seeds: std::ops::RangeInclusive<u64>,
+) -> Result<()> {
+    let node_rows = read_nodes(&nodes.display().to_string(), &read(nodes)?)?;
+    if seeds.is_empty() {
+        bail!("no seeds: --first-seed is after --last-seed");
+    }
+    for file in pod_files {
+        let pods = read_pods(&file.display().to_string(), &read(file)?)?;
+        let sim = Simulation::new(&node_rows, &pods);
+        println!(
+            "\n{}: {} nodes, {} GPUs, {} pods; seeds {}-{}",
+            file.file_name().unwrap_or_default().to_string_lossy(),
+            node_rows.len(),
+            sim.capacity(),
+            pods.len(),
+            seeds.start(),
+            seeds.end()
+        );
+        println!(
+            "| {:<20} | {:>16} | {:>8} | {:>8} | {:>12} | {:>9} |",
+            "policy", "unallocated GPU %", "min", "max", "failed pods", "seconds"
+        );
+        println!(
+            "|{:-<22}|{:->18}|{:->10}|{:->10}|{:->14}|{:->11}|",
+            "", "", "", "", "", ""
+        );
+        for policy in Policy::ALL {
+            let start = Instant::now();
+            let runs: Vec<_> = seeds.clone().map(|s| sim.run(policy, s)).collect();
+            let pct: Vec<f64> = runs.iter().map(|r| r.unallocated_percent).collect();
+            let mean = pct.iter().sum::<f64>() / pct.len() as f64;
+            let failed = runs.iter().map(|r| r.failed_pods as f64).sum::<f64>() / runs.len() as f64;
+            println!(
+                "| {:<20} | {:>16.2} | {:>8.2} | {:>8.2} | {:>12.1} | {:>9.1} |",
+                policy.name(),
+                mean,
+                pct.iter().copied().fold(f64::INFINITY, f64::min),
+                pct.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                failed,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Simulate {
+            nodes,
+            pods,
+            first_seed,
+            last_seed,
+        } => simulate(&nodes, &pods, first_seed..=last_seed),
+        Command::Serve => {
+            bail!("hami-controller serve is not implemented yet (see the controller issues)")
+        }
+    }
 }

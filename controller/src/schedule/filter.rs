@@ -1,0 +1,168 @@
+//! The extender's decision for one pod over candidate nodes, side-effect
+//! free: every node is fitted and scored, the best one wins, and every other
+//! node's reason is kept for `FailedNodes` and the `FilteringFailed` event.
+
+use hami_api::{FailureReasons, GpuSchedulerPolicy, NodeSchedulerPolicy};
+
+use super::device::Node;
+use super::fit::{fit_pod, DeviceOrder, PodFit};
+use super::request::PodRequest;
+use super::score::score_for_load;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    /// Index into the candidate nodes.
+    pub node: usize,
+    pub score: f64,
+    pub fit: PodFit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterOutcome {
+    pub chosen: Option<Chosen>,
+    /// Nodes that cannot take the pod, with HAMi's reason.
+    pub failed: Vec<(usize, &'static str)>,
+}
+
+impl FilterOutcome {
+    /// `"2/4 CardInsufficientMemory, 1/4 CardTypeMismatch"` over `total` nodes.
+    pub fn reasons(&self, total: usize) -> FailureReasons {
+        let mut r = FailureReasons::new(total);
+        for (_, reason) in &self.failed {
+            r.add(reason);
+        }
+        r
+    }
+}
+
+pub fn device_order(policy: GpuSchedulerPolicy) -> DeviceOrder {
+    match policy {
+        GpuSchedulerPolicy::Spread => DeviceOrder::Spread,
+        // Topology-aware placement is not built yet; within a node it packs.
+        GpuSchedulerPolicy::Binpack | GpuSchedulerPolicy::TopologyAware => DeviceOrder::Binpack,
+    }
+}
+
+/// Fits `pod` on every node and picks the best by `node_policy` (ties go to
+/// the earlier node, so the outcome does not depend on hash order).
+pub fn filter(
+    nodes: &[Node],
+    pod: &PodRequest,
+    node_policy: NodeSchedulerPolicy,
+    gpu_policy: GpuSchedulerPolicy,
+) -> FilterOutcome {
+    let order = device_order(gpu_policy);
+    let mut chosen: Option<Chosen> = None;
+    let mut failed = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        match fit_pod(node, pod, order) {
+            Ok(fit) => {
+                let score = score_for_load(node.load_with(&fit.lasting()), node_policy);
+                if chosen.as_ref().is_none_or(|c| score > c.score) {
+                    chosen = Some(Chosen {
+                        node: i,
+                        score,
+                        fit,
+                    });
+                }
+            }
+            Err(reason) => failed.push((i, reason)),
+        }
+    }
+    FilterOutcome { chosen, failed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::device::Device;
+    use crate::schedule::request::{ContainerRequest, MemoryRequest};
+
+    fn node(name: &str, used: &[u64]) -> Node {
+        Node {
+            name: name.into(),
+            devices: used
+                .iter()
+                .enumerate()
+                .map(|(i, u)| Device {
+                    uuid: format!("{name}-{i}"),
+                    index: i as u32,
+                    kind: "NVIDIA-A100".into(),
+                    memory_mib: 10_000,
+                    cores: 100,
+                    split: 10,
+                    numa: 0,
+                    healthy: true,
+                    cordoned: false,
+                    used_memory_mib: *u,
+                    used_cores: 0,
+                    tasks: u32::from(*u > 0),
+                })
+                .collect(),
+        }
+    }
+
+    fn pod(mib: u64) -> PodRequest {
+        PodRequest {
+            app: vec![Some(ContainerRequest {
+                count: 1,
+                memory: MemoryRequest::Mib(mib),
+                cores: 10,
+            })],
+            ..PodRequest::default()
+        }
+    }
+
+    #[test]
+    fn picks_by_policy_and_names_the_rest() {
+        let nodes = vec![
+            node("empty", &[0, 0]),
+            node("busy", &[6000, 6000]),
+            node("full", &[9500, 9500]),
+        ];
+        let p = pod(3000);
+        let b = filter(
+            &nodes,
+            &p,
+            NodeSchedulerPolicy::Binpack,
+            GpuSchedulerPolicy::Binpack,
+        );
+        assert_eq!(b.chosen.as_ref().unwrap().node, 1);
+        assert_eq!(
+            b.failed,
+            vec![(2, hami_api::reasons::CARD_INSUFFICIENT_MEMORY)]
+        );
+        assert_eq!(b.reasons(3).encode(), "1/3 CardInsufficientMemory");
+        let s = filter(
+            &nodes,
+            &p,
+            NodeSchedulerPolicy::Spread,
+            GpuSchedulerPolicy::Binpack,
+        );
+        assert_eq!(s.chosen.unwrap().node, 0);
+        let none = filter(
+            &nodes,
+            &pod(20_000),
+            NodeSchedulerPolicy::Binpack,
+            GpuSchedulerPolicy::Spread,
+        );
+        assert!(none.chosen.is_none());
+        assert_eq!(none.reasons(3).encode(), "3/3 CardInsufficientMemory");
+    }
+
+    #[test]
+    fn the_decision_is_in_hami_encoding() {
+        let nodes = vec![node("a", &[0])];
+        let out = filter(
+            &nodes,
+            &pod(3000),
+            NodeSchedulerPolicy::Binpack,
+            GpuSchedulerPolicy::Binpack,
+        );
+        let c = out.chosen.unwrap();
+        assert_eq!(
+            c.fit.allocation(&nodes[c.node]).encode().unwrap(),
+            "a-0,NVIDIA-A100,3000,10:;"
+        );
+    }
+}
