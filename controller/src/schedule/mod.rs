@@ -6,5 +6,6 @@ pub mod device;
 pub mod filter;
 pub mod fit;
 pub mod fragmentation;
+pub mod pod;
 pub mod request;
 pub mod score;
