@@ -4,9 +4,11 @@
 //! - [`schedule`]: the I/O-free scheduling core (devices, requests, fit,
 //!   scores, fragmentation-aware placement);
 //! - [`simulate`]: the trace simulator that replays openb through it;
-//! - [`state`]: the cluster view rebuilt from node and pod annotations.
+//! - [`state`]: the cluster view rebuilt from node and pod annotations;
+//! - [`server`]: the extender's HTTP endpoints over a [`server::Cluster`].
 
 pub mod extender;
 pub mod schedule;
+pub mod server;
 pub mod simulate;
 pub mod state;

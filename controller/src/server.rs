@@ -1,0 +1,251 @@
+//! The extender's HTTP face: `POST /filter`, `/healthz`, `/readyz`.
+//!
+//! The cluster behind it is a trait: the production implementation watches
+//! the API server (reflectors) and patches pods; tests give an in-memory one
+//! that records every write. `/bind` (node locks) is not served yet.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::future::BoxFuture;
+use hami_api::reasons::NODE_INSUFFICIENT_DEVICE;
+use hami_api::{keys, GpuSchedulerPolicy, NodeSchedulerPolicy, VendorResources};
+
+use crate::extender::{ExtenderArgs, ExtenderFilterResult, NodeList};
+use crate::schedule::device::Node;
+use crate::schedule::filter::filter;
+use crate::schedule::pod::pod_request;
+use crate::state::ClusterState;
+
+/// What the extender needs from the cluster.
+pub trait Cluster: Send + Sync + 'static {
+    /// The current view (a cheap snapshot).
+    fn state(&self) -> Arc<ClusterState>;
+    /// Whether the view has synced since start: until then decisions would
+    /// be made on partial usage, so `/readyz` says no and `/filter` refuses.
+    fn ready(&self) -> bool;
+    /// Merges `annotations` into the pod's.
+    fn annotate(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> BoxFuture<'static, Result<(), String>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Larger request bodies get 413 and a JSON error.
+    pub body_limit: usize,
+    pub vendor: VendorResources,
+    pub node_policy: NodeSchedulerPolicy,
+    pub gpu_policy: GpuSchedulerPolicy,
+    /// Decide, but write nothing (simulation).
+    pub dry_run: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            body_limit: 1 << 20,
+            vendor: VendorResources::nvidia(),
+            node_policy: NodeSchedulerPolicy::Binpack,
+            gpu_policy: GpuSchedulerPolicy::Binpack,
+            dry_run: false,
+        }
+    }
+}
+
+struct App {
+    cluster: Arc<dyn Cluster>,
+    settings: Settings,
+}
+
+pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
+    let limit = settings.body_limit;
+    Router::new()
+        .route("/filter", post(filter_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(Arc::new(App { cluster, settings }))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.cluster.ready() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "cluster view not synced").into_response()
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let body = ExtenderFilterResult {
+        error: message,
+        ..ExtenderFilterResult::default()
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The pod's policy annotation, or the default; a value that is not a
+/// policy is the pod's error, not silently the default.
+fn policy_from<T: std::str::FromStr>(
+    annotations: Option<&BTreeMap<String, String>>,
+    key: &str,
+    default: T,
+) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    match annotations.and_then(|a| a.get(key)) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e| format!("annotation {key}: {e}")),
+    }
+}
+
+async fn filter_handler(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return error(rejection.status(), format!("request body: {rejection}")),
+    };
+    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed ExtenderArgs: {e}"),
+            )
+        }
+    };
+    let candidates = args.candidate_names();
+    let request = match pod_request(&args.pod, &app.settings.vendor) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::OK, e.to_string()),
+    };
+    if !request.asks_for_devices() {
+        // Not ours: every candidate passes untouched.
+        return Json(reply(&args, &candidates, BTreeMap::new())).into_response();
+    }
+    if !app.cluster.ready() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller's cluster view has not synced yet".into(),
+        );
+    }
+    let state = app.cluster.state();
+    let mut failed = BTreeMap::new();
+    let mut known: Vec<(&String, &Node)> = Vec::new();
+    for name in &candidates {
+        match state.nodes.get(name) {
+            Some(n) => known.push((name, n)),
+            None => {
+                failed.insert(name.clone(), NODE_INSUFFICIENT_DEVICE.to_owned());
+            }
+        }
+    }
+    let annotations = args.pod.metadata.annotations.as_ref();
+    let policies = policy_from(
+        annotations,
+        keys::NODE_SCHEDULER_POLICY,
+        app.settings.node_policy,
+    )
+    .and_then(|n| {
+        policy_from(
+            annotations,
+            keys::GPU_SCHEDULER_POLICY,
+            app.settings.gpu_policy,
+        )
+        .map(|g| (n, g))
+    });
+    let (node_policy, gpu_policy) = match policies {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::OK, e),
+    };
+    let nodes: Vec<Node> = known.iter().map(|(_, n)| (*n).clone()).collect();
+    let outcome = filter(&nodes, &request, node_policy, gpu_policy);
+    for (i, reason) in &outcome.failed {
+        failed.insert(known[*i].0.clone(), (*reason).to_owned());
+    }
+    let Some(chosen) = outcome.chosen else {
+        return Json(reply(&args, &[], failed)).into_response();
+    };
+    // The scheduler gets exactly one node, the one the devices were chosen on;
+    // the other fitting nodes are simply not returned.
+    let node_name = known[chosen.node].0.clone();
+    let allocation = match chosen.fit.allocation(&nodes[chosen.node]).encode() {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::OK, format!("encoding the decision: {e}")),
+    };
+    if !app.settings.dry_run {
+        let pod = &args.pod;
+        let containers: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .map(|c| c.name.clone())
+            .collect();
+        let write: BTreeMap<String, String> = [
+            (keys::VGPU_DEVICES_TO_ALLOCATE, allocation.clone()),
+            (keys::VGPU_DEVICES_ALLOCATED, allocation),
+            (keys::VGPU_NODE, node_name.clone()),
+            (keys::CONTAINER_NAMES, containers.join(",")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let result = app
+            .cluster
+            .annotate(
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                write,
+            )
+            .await;
+        if let Err(e) = result {
+            return error(
+                StatusCode::OK,
+                format!("writing the decision to the pod: {e}"),
+            );
+        }
+    }
+    Json(reply(&args, &[node_name], failed)).into_response()
+}
+
+/// The reply in the form kube-scheduler asked in: node names, or node objects.
+fn reply(
+    args: &ExtenderArgs,
+    passed: &[String],
+    failed: BTreeMap<String, String>,
+) -> ExtenderFilterResult {
+    let (nodes, node_names) = match &args.nodes {
+        Some(list) if args.node_names.is_none() => (
+            Some(NodeList {
+                metadata: list.metadata.clone(),
+                items: list
+                    .items
+                    .iter()
+                    .filter(|n| n.metadata.name.as_ref().is_some_and(|m| passed.contains(m)))
+                    .cloned()
+                    .collect(),
+            }),
+            None,
+        ),
+        _ => (None, Some(passed.to_vec())),
+    };
+    ExtenderFilterResult {
+        nodes,
+        node_names,
+        failed_nodes: failed,
+        ..ExtenderFilterResult::default()
+    }
+}

@@ -1,0 +1,323 @@
+//! `POST /filter` over HTTP, on the body kube-scheduler really sent (the
+//! captured ExtenderArgs, given GPU limits), against an in-memory cluster
+//! that records every annotation write.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::future::BoxFuture;
+use hami_controller::server::{router, Cluster, Settings};
+use hami_controller::state::ClusterState;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+type Write = (String, String, BTreeMap<String, String>);
+
+struct FakeCluster {
+    state: Arc<ClusterState>,
+    ready: bool,
+    fail_writes: bool,
+    writes: Mutex<Vec<Write>>,
+}
+
+impl Cluster for FakeCluster {
+    fn state(&self) -> Arc<ClusterState> {
+        self.state.clone()
+    }
+    fn ready(&self) -> bool {
+        self.ready
+    }
+    fn annotate(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let fail = self.fail_writes;
+        if !fail {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((namespace.into(), name.into(), annotations));
+        }
+        Box::pin(async move {
+            if fail {
+                Err("the API server said no".into())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+fn fixture() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/k8s/sample-extender-args.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The captured body, with the pod asking for one GPU with 3000 MiB at 30%.
+fn gpu_args() -> Value {
+    let mut args = fixture();
+    args["Pod"]["spec"]["containers"][0]["resources"]["limits"] = json!({
+        "nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000", "nvidia.com/gpucores": "30"
+    });
+    args
+}
+
+const REGISTER: &str =
+    r#"[{"id":"GPU-1","count":10,"devmem":8192,"devcore":100,"type":"NVIDIA-T4","health":true}]"#;
+
+/// fake-node-1 already has 6000 MiB of its GPU taken; fake-node-2 is empty.
+fn cluster(ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
+    let node = |name: &str| -> k8s_openapi::api::core::v1::Node {
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": {
+            "hami.io/node-nvidia-register": REGISTER.replace("GPU-1", &format!("GPU-{name}"))}}}))
+        .unwrap()
+    };
+    let busy: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "busy", "namespace": "default", "annotations": {
+            "hami.io/vgpu-node": "fake-node-1",
+            "hami.io/vgpu-devices-allocated": "GPU-fake-node-1,NVIDIA-T4,6000,50:;"}},
+        "spec": {"containers": [{"name": "c"}]},
+        "status": {"phase": "Running"}
+    }))
+    .unwrap();
+    let state = ClusterState::rebuild(
+        &[node("fake-node-1"), node("fake-node-2")],
+        &[busy],
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 23)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap(),
+    );
+    Arc::new(FakeCluster {
+        state: Arc::new(state),
+        ready,
+        fail_writes,
+        writes: Mutex::new(Vec::new()),
+    })
+}
+
+async fn post(cluster: Arc<FakeCluster>, settings: Settings, body: Vec<u8>) -> (StatusCode, Value) {
+    let app = router(cluster, settings);
+    let res = app
+        .oneshot(
+            Request::post("/filter")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+    (status, value)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn node_names(reply: &Value) -> Vec<String> {
+    reply["Nodes"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_gpu_pod_gets_one_node_and_its_decision_is_written() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        let (status, reply) = post(c.clone(), Settings::default(), body).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        assert_eq!(reply["Error"], "", "{reply}");
+        // 6000 + 3000 MiB does not fit fake-node-1's 8192: the empty node is
+        // the one, and the reply carries exactly that node.
+        assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
+        assert_eq!(
+            reply["FailedNodes"]["fake-node-1"], "CardInsufficientMemory",
+            "{reply}"
+        );
+        assert!(
+            reply["NodeNames"].is_null(),
+            "asked with Nodes, answered with Nodes"
+        );
+        let writes = c.writes.lock().unwrap();
+        assert_eq!(writes.len(), 1);
+        let (ns, name, ann) = &writes[0];
+        assert_eq!((ns.as_str(), name.as_str()), ("default", "ext-1"));
+        assert_eq!(
+            ann["hami.io/vgpu-devices-to-allocate"],
+            "GPU-fake-node-2,NVIDIA-T4,3000,30:;"
+        );
+        assert_eq!(
+            ann["hami.io/vgpu-devices-allocated"],
+            ann["hami.io/vgpu-devices-to-allocate"]
+        );
+        assert_eq!(ann["hami.io/vgpu-node"], "fake-node-2");
+        assert_eq!(ann["hami.io/container-names"], "c");
+    });
+}
+
+#[test]
+fn binpack_prefers_the_busier_node_when_both_fit() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let mut args = gpu_args();
+        args["Pod"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpumem"] =
+            json!("1000");
+        let (_, reply) = post(
+            c.clone(),
+            Settings::default(),
+            serde_json::to_vec(&args).unwrap(),
+        )
+        .await;
+        assert_eq!(node_names(&reply), vec!["fake-node-1"], "{reply}");
+        args["Pod"]["metadata"]["annotations"]["hami.io/node-scheduler-policy"] = json!("spread");
+        let (_, reply) = post(c, Settings::default(), serde_json::to_vec(&args).unwrap()).await;
+        assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
+    });
+}
+
+#[test]
+fn a_pod_without_device_requests_passes_untouched() {
+    runtime().block_on(async {
+        let c = cluster(false, false);
+        let (status, reply) = post(
+            c.clone(),
+            Settings::default(),
+            serde_json::to_vec(&fixture()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            node_names(&reply),
+            vec!["fake-node-1", "fake-node-2"],
+            "{reply}"
+        );
+        assert!(c.writes.lock().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn dry_run_decides_without_writing() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let settings = Settings {
+            dry_run: true,
+            ..Settings::default()
+        };
+        let (_, reply) = post(
+            c.clone(),
+            settings,
+            serde_json::to_vec(&gpu_args()).unwrap(),
+        )
+        .await;
+        assert_eq!(node_names(&reply), vec!["fake-node-2"]);
+        assert!(c.writes.lock().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn bad_requests_get_a_json_error() {
+    runtime().block_on(async {
+        let settings = || Settings {
+            body_limit: 64 << 10,
+            ..Settings::default()
+        };
+        let (status, reply) = post(cluster(true, false), settings(), b"{\"Pod\": [".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("malformed ExtenderArgs"),
+            "{reply}"
+        );
+
+        let mut huge = gpu_args();
+        huge["Pod"]["metadata"]["annotations"]["padding"] = json!("x".repeat(128 << 10));
+        let (status, reply) = post(
+            cluster(true, false),
+            settings(),
+            serde_json::to_vec(&huge).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            reply["Error"].as_str().unwrap().contains("request body"),
+            "{reply}"
+        );
+
+        let mut bad_policy = gpu_args();
+        bad_policy["Pod"]["metadata"]["annotations"]["hami.io/gpu-scheduler-policy"] =
+            json!("fastest");
+        let c = cluster(true, false);
+        let (_, reply) = post(
+            c.clone(),
+            settings(),
+            serde_json::to_vec(&bad_policy).unwrap(),
+        )
+        .await;
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("hami.io/gpu-scheduler-policy"),
+            "{reply}"
+        );
+        assert!(c.writes.lock().unwrap().is_empty());
+
+        let mut bad_quantity = gpu_args();
+        bad_quantity["Pod"]["spec"]["containers"][0]["resources"]["limits"]
+            ["nvidia.com/gpucores"] = json!("300");
+        let (_, reply) = post(
+            cluster(true, false),
+            settings(),
+            serde_json::to_vec(&bad_quantity).unwrap(),
+        )
+        .await;
+        assert!(
+            reply["Error"].as_str().unwrap().contains("over 100"),
+            "{reply}"
+        );
+    });
+}
+
+#[test]
+fn no_decision_before_sync_or_when_the_write_fails() {
+    runtime().block_on(async {
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        let (status, reply) = post(cluster(false, false), Settings::default(), body.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            reply["Error"].as_str().unwrap().contains("not synced"),
+            "{reply}"
+        );
+        let (_, reply) = post(cluster(true, true), Settings::default(), body).await;
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("the API server said no"),
+            "{reply}"
+        );
+        assert!(
+            reply["Nodes"].is_null(),
+            "no node without a recorded decision"
+        );
+    });
+}
