@@ -61,7 +61,8 @@ fn list(value: Option<&String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+/// Case-insensitive substring test, allocation-free (HAMi's type matching).
+pub fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
     n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
 }

@@ -18,7 +18,7 @@ use hami_api::NodeSchedulerPolicy;
 
 use crate::schedule::device::{Device, Node};
 use crate::schedule::fit::{fit_container, reject, DeviceOrder, Grant};
-use crate::schedule::fragmentation::{FragmentationCache, Workload};
+use crate::schedule::fragmentation::{FragmentationCache, TaskSample, Workload};
 use crate::schedule::request::{ContainerRequest, MemoryRequest, Selection};
 use crate::schedule::score::score_for_load;
 use openb::{NodeRow, PodRow};
@@ -130,10 +130,15 @@ pub struct Simulation<'a> {
 
 impl<'a> Simulation<'a> {
     pub fn new(nodes: &'a [NodeRow], pods: &'a [PodRow]) -> Self {
-        let workload =
-            Workload::from_tasks(pods.iter().filter_map(|p| {
-                request_of(p).map(|r| (r.count, r.cores, p.cpu_milli, p.memory_mib))
-            }));
+        let workload = Workload::from_tasks(pods.iter().filter_map(|p| {
+            request_of(p).map(|r| TaskSample {
+                count: r.count,
+                cores: r.cores,
+                cpu_milli: p.cpu_milli,
+                memory_mib: p.memory_mib,
+                models: &p.gpu_spec,
+            })
+        }));
         Self {
             nodes,
             pods,
@@ -246,10 +251,12 @@ impl<'a> Simulation<'a> {
                     Policy::Binpack => -score_for_load(load, NodeSchedulerPolicy::Binpack),
                     Policy::Spread => -score_for_load(load, NodeSchedulerPolicy::Spread),
                     Policy::Fragmentation => {
-                        let fit_before = self.workload.host_fit_mask(n.cpu_free, n.memory_free);
-                        let fit_after = self.workload.host_fit_mask(
+                        let model = self.nodes[i].model.as_str();
+                        let fit_before = self.workload.fit_mask(n.cpu_free, n.memory_free, model);
+                        let fit_after = self.workload.fit_mask(
                             n.cpu_free - pod.cpu_milli,
                             n.memory_free - pod.memory_mib,
+                            model,
                         );
                         let free = free_shares(&n.node);
                         let mut free_after = free.clone();
