@@ -27,6 +27,9 @@ pub struct TaskClass {
     pub weight: f64,
 }
 
+/// What tells two classes apart: GPUs per task, share of each, accepted types.
+type ClassKey = (u32, u32, Vec<String>);
+
 /// One task of the workload, as a sample for [`Workload::from_tasks`].
 #[derive(Debug, Clone, Copy)]
 pub struct TaskSample<'a> {
@@ -51,7 +54,8 @@ impl Workload {
     /// fragmented, and are left out. The rarest classes beyond
     /// [`MAX_CLASSES`] are dropped.
     pub fn from_tasks<'t>(tasks: impl IntoIterator<Item = TaskSample<'t>>) -> Self {
-        let mut groups: HashMap<(u32, u32, Vec<String>), (u64, u64, u64)> = HashMap::new();
+        // (count, cores, accepted types) -> (tasks, summed CPU, summed memory)
+        let mut groups: HashMap<ClassKey, (u64, u64, u64)> = HashMap::new();
         let mut total = 0u64;
         for t in tasks {
             if t.count == 0 {
