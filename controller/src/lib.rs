@@ -5,9 +5,11 @@
 //!   scores, fragmentation-aware placement);
 //! - [`simulate`]: the trace simulator that replays openb through it;
 //! - [`state`]: the cluster view rebuilt from node and pod annotations;
-//! - [`server`]: the extender's HTTP endpoints over a [`server::Cluster`].
+//! - [`server`]: the extender's HTTP endpoints over a [`server::Cluster`];
+//! - [`kube_cluster`]: that cluster behind a real API server (reflectors, patches).
 
 pub mod extender;
+pub mod kube_cluster;
 pub mod schedule;
 pub mod server;
 pub mod simulate;

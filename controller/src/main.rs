@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! hami-controller simulate --nodes openb_node_list_gpu_node.csv --pods openb_pod_list_default.csv …
+//! hami-controller serve [--listen 0.0.0.0:8888] [--dry-run] …
 //! ```
 //!
-//! The extender and webhook servers are not implemented yet (the controller
-//! issues); `serve` refuses to run rather than pretend to work.
+//! `serve` runs the extender's `/filter` (with `/healthz`, `/readyz`) against
+//! the cluster in the kubeconfig or the pod's service account. `/bind`, the
+//! webhook, events, metrics and leader election are not built yet.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
+use hami_controller::kube_cluster::KubeCluster;
+use hami_controller::server::{router, Settings};
 use hami_controller::simulate::openb::{read_nodes, read_pods};
 use hami_controller::simulate::{Policy, Simulation};
 
@@ -43,8 +48,23 @@ enum Command {
         #[arg(long, default_value_t = 51)]
         last_seed: u64,
     },
-    /// Serve the extender and webhook (not implemented yet).
-    Serve,
+    /// Serve the scheduler extender's /filter, /healthz and /readyz.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:8888")]
+        listen: std::net::SocketAddr,
+        /// Larger request bodies get 413.
+        #[arg(long, default_value_t = 1 << 20)]
+        body_limit: usize,
+        /// binpack or spread, for pods without hami.io/node-scheduler-policy.
+        #[arg(long, default_value = "binpack")]
+        node_policy: NodeSchedulerPolicy,
+        /// binpack, spread or topology-aware, for pods without hami.io/gpu-scheduler-policy.
+        #[arg(long, default_value = "binpack")]
+        gpu_policy: GpuSchedulerPolicy,
+        /// Decide, but write nothing to the pods.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -100,6 +120,20 @@ fn simulate(
     Ok(())
 }
 
+async fn serve(listen: std::net::SocketAddr, settings: Settings) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the API server (kubeconfig or in-cluster service account)")?;
+    let cluster = KubeCluster::start(client);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(%listen, dry_run = settings.dry_run, "serving the scheduler extender");
+    axum::serve(listener, router(cluster, settings))
+        .await
+        .context("serving")
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Simulate {
@@ -108,8 +142,30 @@ fn main() -> Result<()> {
             first_seed,
             last_seed,
         } => simulate(&nodes, &pods, first_seed..=last_seed),
-        Command::Serve => {
-            bail!("hami-controller serve is not implemented yet (see the controller issues)")
+        Command::Serve {
+            listen,
+            body_limit,
+            node_policy,
+            gpu_policy,
+            dry_run,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let settings = Settings {
+                body_limit,
+                node_policy,
+                gpu_policy,
+                dry_run,
+                ..Settings::default()
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(listen, settings))
         }
     }
 }

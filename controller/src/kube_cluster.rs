@@ -1,0 +1,345 @@
+//! The [`Cluster`] behind a real API server:
+//! - kube-rs reflectors keep every Node and Pod;
+//! - the state is rebuilt from them when they have changed;
+//! - decisions are written with a merge patch.
+//!
+//! A decision written by `/filter` reaches the reflector only after a watch
+//! round trip. Until it does, the controller keeps it as a pending grant on
+//! top of the rebuilt state, so two pods filtered back to back cannot both
+//! get the same free memory.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use hami_api::{keys, PodAllocation};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+
+use crate::server::Cluster;
+use crate::state::ClusterState;
+
+/// A decision written to a pod that the reflector has not shown yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingGrant {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub allocation: String,
+}
+
+/// The merge patch that records `annotations` on a pod.
+pub fn annotation_patch(annotations: &BTreeMap<String, String>) -> serde_json::Value {
+    serde_json::json!({ "metadata": { "annotations": annotations } })
+}
+
+/// Merge-patches a pod's annotations (the field manager is the controller's).
+pub async fn patch_annotations(
+    api: &Api<Pod>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), String> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("patching pod {name}: {e}"))
+}
+
+/// Applies the grants the pods in `pods` do not show yet; returns the ones
+/// still pending (the others have arrived and are dropped).
+pub fn overlay(
+    state: &mut ClusterState,
+    pods: &[Arc<Pod>],
+    pending: &[PendingGrant],
+) -> Vec<PendingGrant> {
+    let mut still = Vec::new();
+    for p in pending {
+        let arrived = pods.iter().any(|pod| {
+            pod.metadata.namespace.as_deref() == Some(p.namespace.as_str())
+                && pod.metadata.name.as_deref() == Some(p.name.as_str())
+                && pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(keys::VGPU_DEVICES_ALLOCATED))
+                    .is_some_and(|v| *v == p.allocation)
+        });
+        if arrived {
+            continue;
+        }
+        if let (Some(node), Ok(alloc)) = (
+            state.nodes.get_mut(&p.node),
+            PodAllocation::decode(&p.allocation),
+        ) {
+            for d in alloc.containers.iter().flatten() {
+                if let Some(dev) = node.devices.iter_mut().find(|x| x.uuid == d.uuid) {
+                    dev.grant(u64::from(d.mem_mib), d.cores);
+                }
+            }
+        }
+        still.push(p.clone());
+    }
+    still
+}
+
+/// The handshake stamps are the scheduler's local time; the controller's
+/// image runs in UTC.
+fn now_utc() -> chrono::NaiveDateTime {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp(since.as_secs() as i64, since.subsec_nanos())
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+pub struct KubeCluster {
+    client: Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    ready: AtomicBool,
+    /// Bumped by every watch event; the state is rebuilt when it moved.
+    generation: Arc<AtomicU64>,
+    cached: Mutex<(u64, Arc<ClusterState>)>,
+    pending: Arc<Mutex<Vec<PendingGrant>>>,
+}
+
+impl KubeCluster {
+    /// Starts the reflectors; the returned cluster is ready once both have
+    /// listed everything once.
+    pub fn start(client: Client) -> Arc<Self> {
+        let generation = Arc::new(AtomicU64::new(1));
+        let (nodes, node_writer) = reflector::store();
+        let (pods, pod_writer) = reflector::store();
+        let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(node_writer)
+            .applied_objects()
+            .inspect({
+                let g = generation.clone();
+                move |_| {
+                    g.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(pod_writer)
+            .applied_objects()
+            .inspect({
+                let g = generation.clone();
+                move |_| {
+                    g.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        tokio::spawn(node_stream.for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!("node watch: {e}");
+            }
+        }));
+        tokio::spawn(pod_stream.for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!("pod watch: {e}");
+            }
+        }));
+        let me = Arc::new(Self {
+            client,
+            nodes,
+            pods,
+            ready: AtomicBool::new(false),
+            generation,
+            cached: Mutex::new((0, Arc::new(ClusterState::default()))),
+            pending: Arc::new(Mutex::new(Vec::new())),
+        });
+        let waiting = me.clone();
+        tokio::spawn(async move {
+            let (n, p) = (
+                waiting.nodes.wait_until_ready(),
+                waiting.pods.wait_until_ready(),
+            );
+            if n.await.is_ok() && p.await.is_ok() {
+                waiting.ready.store(true, Ordering::Release);
+                tracing::info!("cluster view synced");
+            }
+        });
+        me
+    }
+}
+
+impl Cluster for KubeCluster {
+    fn state(&self) -> Arc<ClusterState> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mut cached = self.cached.lock().expect("state cache lock");
+        let mut pending = self.pending.lock().expect("pending lock");
+        if cached.0 == generation && pending.is_empty() {
+            return cached.1.clone();
+        }
+        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
+        let pods = self.pods.state();
+        let owned: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
+        let now = now_utc();
+        let mut state = ClusterState::rebuild(&nodes, &owned, now);
+        *pending = overlay(&mut state, &pods, &pending);
+        let state = Arc::new(state);
+        *cached = (generation, state.clone());
+        state
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn annotate(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: BTreeMap<String, String>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pending = PendingGrant {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            node: annotations
+                .get(keys::VGPU_NODE)
+                .cloned()
+                .unwrap_or_default(),
+            allocation: annotations
+                .get(keys::VGPU_DEVICES_ALLOCATED)
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let name = name.to_owned();
+        let patch = annotation_patch(&annotations);
+        // Recorded before the write so a filter racing this one already sees
+        // it; a failed write takes it back.
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .push(pending.clone());
+        let pending_list = self.pending.clone();
+        Box::pin(async move {
+            let result = patch_annotations(&api, &name, &patch).await;
+            if result.is_err() {
+                pending_list
+                    .lock()
+                    .expect("pending lock")
+                    .retain(|p| *p != pending);
+            }
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const REGISTER: &str =
+        r#"[{"id":"GPU-a","count":10,"devmem":8192,"devcore":100,"type":"T4","health":true}]"#;
+
+    fn state() -> ClusterState {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1",
+            "annotations": {"hami.io/node-nvidia-register": REGISTER}}}))
+        .unwrap();
+        ClusterState::rebuild(&[node], &[], chrono::NaiveDateTime::default())
+    }
+
+    fn grant(name: &str) -> PendingGrant {
+        PendingGrant {
+            namespace: "default".into(),
+            name: name.into(),
+            node: "n1".into(),
+            allocation: "GPU-a,T4,3000,30:;".into(),
+        }
+    }
+
+    #[test]
+    fn pending_grants_count_until_the_watch_shows_them() {
+        let mut s = state();
+        let still = overlay(&mut s, &[], &[grant("p1"), grant("p2")]);
+        assert_eq!(still.len(), 2);
+        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 6000);
+        // p1's annotation has arrived through the reflector: it is no longer pending.
+        let arrived: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p1", "namespace": "default",
+            "annotations": {"hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}}}))
+            .unwrap();
+        let mut s = state();
+        let still = overlay(&mut s, &[Arc::new(arrived)], &[grant("p1"), grant("p2")]);
+        assert_eq!(still, vec![grant("p2")]);
+        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
+    }
+
+    #[test]
+    fn the_patch_is_a_merge_of_annotations_only() {
+        let ann: BTreeMap<String, String> = [("hami.io/vgpu-node".to_owned(), "n1".to_owned())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            annotation_patch(&ann),
+            json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
+        );
+    }
+
+    /// The exact API call, through a kube client whose transport is a
+    /// scenario verifier: a PATCH of the pod with a merge patch.
+    #[test]
+    fn annotations_are_written_with_one_merge_patch() {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (service, mut handle) = tower_test::mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            let client = Client::new(service, "default");
+            let api: Api<Pod> = Api::namespaced(client, "team-a");
+            let patch = json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}});
+            let server = tokio::spawn(async move {
+                for (status, body) in [
+                    (200, json!({"metadata": {"name": "p1"}})),
+                    (
+                        409,
+                        json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                    ),
+                ] {
+                    let (request, send) = handle.next_request().await.expect("a request");
+                    assert_eq!(request.method(), http::Method::PATCH);
+                    assert_eq!(request.uri().path(), "/api/v1/namespaces/team-a/pods/p1");
+                    assert_eq!(
+                        request.headers()["content-type"],
+                        "application/merge-patch+json"
+                    );
+                    let sent: serde_json::Value = serde_json::from_slice(
+                        &request.into_body().collect().await.unwrap().to_bytes(),
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        sent,
+                        json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
+                    );
+                    send.send_response(
+                        http::Response::builder()
+                            .status(status)
+                            .body(kube::client::Body::from(body.to_string().into_bytes()))
+                            .unwrap(),
+                    );
+                }
+            });
+            assert_eq!(patch_annotations(&api, "p1", &patch).await, Ok(()));
+            let err = patch_annotations(&api, "p1", &patch).await.unwrap_err();
+            assert!(err.contains("modified"), "{err}");
+            server.await.unwrap();
+        });
+    }
+}
