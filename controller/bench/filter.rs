@@ -34,20 +34,19 @@ fn cluster(rng: &mut SplitMix64) -> Vec<Node> {
                     } else {
                         0
                     };
-                    Device {
-                        uuid: format!("GPU-{n:04}-{i}"),
-                        index: i,
-                        kind: "NVIDIA-NVIDIA A100-SXM4-80GB".into(),
-                        memory_mib: 81920,
-                        cores: 100,
-                        split: 10,
+                    let mut d = Device {
                         numa: (i / 4) as i32,
-                        healthy: true,
-                        cordoned: false,
-                        used_memory_mib: u64::from(used) * 819,
-                        used_cores: used,
-                        tasks: u32::from(used > 0),
+                        ..Device::new(
+                            format!("GPU-{n:04}-{i}"),
+                            i,
+                            "NVIDIA-NVIDIA A100-SXM4-80GB",
+                            81920,
+                        )
+                    };
+                    if used > 0 {
+                        d.grant(u64::from(used) * 819, used);
                     }
+                    d
                 })
                 .collect(),
         })

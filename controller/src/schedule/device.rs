@@ -26,6 +26,30 @@ pub struct Device {
 }
 
 impl Device {
+    /// A whole, healthy, unused device: 100 compute units, HAMi's default
+    /// split of 10, NUMA node 0.
+    pub fn new(
+        uuid: impl Into<String>,
+        index: u32,
+        kind: impl Into<String>,
+        memory_mib: u64,
+    ) -> Self {
+        Self {
+            uuid: uuid.into(),
+            index,
+            kind: kind.into(),
+            memory_mib,
+            cores: WHOLE_DEVICE_CORES,
+            split: 10,
+            numa: 0,
+            healthy: true,
+            cordoned: false,
+            used_memory_mib: 0,
+            used_cores: 0,
+            tasks: 0,
+        }
+    }
+
     /// A device as the node registered it, with nothing granted yet.
     pub fn from_register(info: &DeviceInfo) -> Self {
         Self {
@@ -114,21 +138,8 @@ impl Node {
 mod tests {
     use super::*;
 
-    pub fn device(index: u32, memory_mib: u64) -> Device {
-        Device {
-            uuid: format!("GPU-{index}"),
-            index,
-            kind: "NVIDIA-A100".into(),
-            memory_mib,
-            cores: 100,
-            split: 10,
-            numa: 0,
-            healthy: true,
-            cordoned: false,
-            used_memory_mib: 0,
-            used_cores: 0,
-            tasks: 0,
-        }
+    fn device(index: u32, memory_mib: u64) -> Device {
+        Device::new(format!("GPU-{index}"), index, "NVIDIA-A100", memory_mib)
     }
 
     #[test]

@@ -84,19 +84,12 @@ mod tests {
             devices: used
                 .iter()
                 .enumerate()
-                .map(|(i, u)| Device {
-                    uuid: format!("{name}-{i}"),
-                    index: i as u32,
-                    kind: "NVIDIA-A100".into(),
-                    memory_mib: 10_000,
-                    cores: 100,
-                    split: 10,
-                    numa: 0,
-                    healthy: true,
-                    cordoned: false,
-                    used_memory_mib: *u,
-                    used_cores: 0,
-                    tasks: u32::from(*u > 0),
+                .map(|(i, u)| {
+                    let mut d = Device::new(format!("{name}-{i}"), i as u32, "NVIDIA-A100", 10_000);
+                    if *u > 0 {
+                        d.grant(*u, 0);
+                    }
+                    d
                 })
                 .collect(),
         }

@@ -226,20 +226,7 @@ mod tests {
     use crate::schedule::request::MemoryRequest;
 
     fn device(index: u32, memory_mib: u64) -> Device {
-        Device {
-            uuid: format!("GPU-{index}"),
-            index,
-            kind: "NVIDIA-A100".into(),
-            memory_mib,
-            cores: 100,
-            split: 10,
-            numa: 0,
-            healthy: true,
-            cordoned: false,
-            used_memory_mib: 0,
-            used_cores: 0,
-            tasks: 0,
-        }
+        Device::new(format!("GPU-{index}"), index, "NVIDIA-A100", memory_mib)
     }
 
     fn node(devices: Vec<Device>) -> Node {

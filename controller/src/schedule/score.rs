@@ -34,19 +34,12 @@ mod tests {
             devices: loads
                 .iter()
                 .enumerate()
-                .map(|(i, l)| Device {
-                    uuid: format!("GPU-{i}"),
-                    index: i as u32,
-                    kind: "T".into(),
-                    memory_mib: 100,
-                    cores: 100,
-                    split: 10,
-                    numa: 0,
-                    healthy: true,
-                    cordoned: false,
-                    used_memory_mib: u64::from(*l),
-                    used_cores: *l,
-                    tasks: u32::from(*l > 0),
+                .map(|(i, l)| {
+                    let mut d = Device::new(format!("GPU-{i}"), i as u32, "T", 100);
+                    if *l > 0 {
+                        d.grant(u64::from(*l), *l);
+                    }
+                    d
                 })
                 .collect(),
         }

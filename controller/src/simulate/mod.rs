@@ -158,18 +158,13 @@ impl<'a> Simulation<'a> {
                     name: n.name.clone(),
                     devices: (0..n.gpus)
                         .map(|i| Device {
-                            uuid: format!("{}-gpu{i}", n.name),
-                            index: i,
-                            kind: n.model.clone(),
-                            memory_mib: model_memory_mib(&n.model),
-                            cores: 100,
                             split: SIMULATED_SPLIT,
-                            numa: 0,
-                            healthy: true,
-                            cordoned: false,
-                            used_memory_mib: 0,
-                            used_cores: 0,
-                            tasks: 0,
+                            ..Device::new(
+                                format!("{}-gpu{i}", n.name),
+                                i,
+                                n.model.clone(),
+                                model_memory_mib(&n.model),
+                            )
                         })
                         .collect(),
                 },
