@@ -6,10 +6,12 @@
 //! - [`simulate`]: the trace simulator that replays openb through it;
 //! - [`state`]: the cluster view rebuilt from node and pod annotations;
 //! - [`server`]: the extender's HTTP endpoints over a [`server::Cluster`];
-//! - [`kube_cluster`]: that cluster behind a real API server (reflectors, patches).
+//! - [`kube_cluster`]: that cluster behind a real API server (reflectors, patches);
+//! - [`node_lock`]: the per-node bind lock over any optimistic-concurrency store.
 
 pub mod extender;
 pub mod kube_cluster;
+pub mod node_lock;
 pub mod schedule;
 pub mod server;
 pub mod simulate;
