@@ -343,3 +343,235 @@ mod tests {
         });
     }
 }
+
+/// The node lock on the Node object itself, through the API server.
+pub struct KubeLockStore {
+    nodes: Api<Node>,
+    client: Client,
+}
+
+impl KubeLockStore {
+    pub fn new(client: Client) -> Self {
+        Self {
+            nodes: Api::all(client.clone()),
+            client,
+        }
+    }
+}
+
+fn api_error(e: kube::Error) -> crate::node_lock::LockError {
+    use crate::node_lock::LockError;
+    match &e {
+        kube::Error::Api(status) if status.code == 409 => LockError::Conflict,
+        _ => LockError::Api(e.to_string()),
+    }
+}
+
+impl crate::node_lock::LockStore for KubeLockStore {
+    fn read(
+        &self,
+        node: &str,
+    ) -> BoxFuture<'_, Result<crate::node_lock::LockedNode, crate::node_lock::LockError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            let n = self.nodes.get(&node).await.map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 404 => {
+                    crate::node_lock::LockError::NotFound(node.clone())
+                }
+                _ => api_error(e),
+            })?;
+            Ok(crate::node_lock::LockedNode {
+                resource_version: n.metadata.resource_version.clone().unwrap_or_default(),
+                lock: n
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(keys::NODE_LOCK))
+                    .cloned(),
+            })
+        })
+    }
+
+    /// A merge patch that names the resourceVersion it read: the API server
+    /// applies it only if the node is unchanged, and answers 409 otherwise.
+    fn write(
+        &self,
+        node: &str,
+        resource_version: &str,
+        lock: Option<String>,
+    ) -> BoxFuture<'_, Result<(), crate::node_lock::LockError>> {
+        let node = node.to_owned();
+        let patch = serde_json::json!({"metadata": {
+            "resourceVersion": resource_version,
+            "annotations": { keys::NODE_LOCK: lock }
+        }});
+        Box::pin(async move {
+            self.nodes
+                .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(api_error)
+        })
+    }
+
+    /// The holder still needs the lock unless its pod is gone or the node
+    /// agent has answered (`bind-phase` success or failed).
+    fn owner_needs_lock(
+        &self,
+        namespace: &str,
+        pod: &str,
+    ) -> BoxFuture<'_, Result<bool, crate::node_lock::LockError>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pod.to_owned();
+        Box::pin(async move {
+            match pods.get_opt(&pod).await.map_err(api_error)? {
+                None => Ok(false),
+                Some(p) => {
+                    let phase = p
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(keys::BIND_PHASE))
+                        .and_then(|v| v.parse::<hami_api::BindPhase>().ok());
+                    Ok(!matches!(
+                        phase,
+                        Some(hami_api::BindPhase::Success | hami_api::BindPhase::Failed)
+                    ))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod lock_store_tests {
+    use super::*;
+    use crate::node_lock::{acquire, LockPolicy, LockStore};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+
+    type Handle = tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >;
+
+    fn respond(
+        send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+        status: u16,
+        body: Value,
+    ) {
+        send.send_response(
+            http::Response::builder()
+                .status(status)
+                .body(kube::client::Body::from(body.to_string().into_bytes()))
+                .unwrap(),
+        );
+    }
+
+    async fn next(
+        handle: &mut Handle,
+    ) -> (
+        http::Method,
+        String,
+        Value,
+        tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+    ) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let method = request.method().clone();
+        let uri = request.uri().to_string();
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (method, uri, body, send)
+    }
+
+    fn node(rv: &str, lock: Option<&str>) -> Value {
+        let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": rv}});
+        if let Some(l) = lock {
+            n["metadata"]["annotations"] = json!({"hami.io/mutex.lock": l});
+        }
+        n
+    }
+
+    /// The exact calls of a contended take: read, conditional write that
+    /// loses (409), read again, ask whether the holder's pod still needs
+    /// the lock (its node agent answered), conditional write that wins.
+    #[test]
+    fn a_contended_take_against_the_api_server() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let store = KubeLockStore::new(Client::new(service, "default"));
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node("10", None));
+
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert!(uri.starts_with("/api/v1/nodes/n1"), "{uri}");
+                assert_eq!(body["metadata"]["resourceVersion"], "10");
+                assert!(body["metadata"]["annotations"]["hami.io/mutex.lock"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(",default,p2"));
+                respond(send, 409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "the object has been modified", "reason": "Conflict", "code": 409}));
+
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, node("11", Some("2026-11-23T06:00:00Z,default,p1")));
+
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/namespaces/default/pods/p1"));
+                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": "p1", "namespace": "default", "annotations": {"hami.io/bind-phase": "success"}}}));
+
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(body["metadata"]["resourceVersion"], "11");
+                respond(send, 200, node("12", Some("2026-11-23T06:00:01Z,default,p2")));
+            });
+            let now = || chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z").unwrap().with_timezone(&chrono::Utc);
+            let policy = LockPolicy {
+                first_backoff: std::time::Duration::from_millis(1),
+                ..LockPolicy::default()
+            };
+            acquire(&store, "n1", "default", "p2", policy, now, 7).await.unwrap();
+            server.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_missing_node_and_a_missing_holder() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let store = KubeLockStore::new(Client::new(service, "default"));
+            let server = tokio::spawn(async move {
+                let not_found = |what: &str| {
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": format!("{what} not found"), "reason": "NotFound", "code": 404})
+                };
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 404, not_found("nodes \"gone\""));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 404, not_found("pods \"p1\""));
+            });
+            assert_eq!(
+                store.read("gone").await,
+                Err(crate::node_lock::LockError::NotFound("gone".into()))
+            );
+            assert_eq!(store.owner_needs_lock("default", "p1").await, Ok(false));
+            server.await.unwrap();
+        });
+    }
+}
