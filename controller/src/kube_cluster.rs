@@ -193,6 +193,25 @@ impl Cluster for KubeCluster {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn bind(
+        &self,
+        args: crate::extender::ExtenderBindingArgs,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let locks = KubeLockStore::new(client.clone());
+            let now = || now_utc().and_utc();
+            bind_pod(
+                &client,
+                &locks,
+                &args,
+                crate::node_lock::LockPolicy::default(),
+                now,
+            )
+            .await
+        })
+    }
+
     fn annotate(
         &self,
         namespace: &str,
@@ -547,6 +566,132 @@ mod lock_store_tests {
         });
     }
 
+    fn binding_args() -> crate::extender::ExtenderBindingArgs {
+        crate::extender::ExtenderBindingArgs {
+            pod_name: "ext-1".into(),
+            pod_namespace: "default".into(),
+            pod_uid: "5a53271d-20c3-4b39-b421-64490ff91216".into(),
+            node: "n1".into(),
+        }
+    }
+
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    }
+
+    /// A bind, call by call: lock the node, mark the pod allocating with its
+    /// bind time, create the Binding; the lock stays for the node agent.
+    #[test]
+    fn a_bind_takes_the_lock_marks_the_pod_and_binds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let client = Client::new(service, "default");
+            let locks = KubeLockStore::new(client.clone());
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node("5", None));
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(
+                    body["metadata"]["annotations"]["hami.io/mutex.lock"],
+                    "2026-11-23T06:00:01Z,default,ext-1"
+                );
+                respond(
+                    send,
+                    200,
+                    node("6", Some("2026-11-23T06:00:01Z,default,ext-1")),
+                );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1"),
+                    "{uri}"
+                );
+                assert_eq!(
+                    body,
+                    json!({"metadata": {"annotations": {
+                    "hami.io/bind-phase": "allocating", "hami.io/bind-time": "1795413601"}}})
+                );
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
+                );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1/binding"),
+                    "{uri}"
+                );
+                assert_eq!(
+                    body["target"],
+                    json!({"apiVersion": "v1", "kind": "Node", "name": "n1"})
+                );
+                assert_eq!(
+                    body["metadata"]["uid"],
+                    "5a53271d-20c3-4b39-b421-64490ff91216"
+                );
+                respond(
+                    send,
+                    201,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                );
+            });
+            bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
+                .await
+                .unwrap();
+            server.await.unwrap();
+        });
+    }
+
+    /// The Binding is refused: the pod is marked failed and the lock released.
+    #[test]
+    fn a_failed_bind_marks_the_pod_and_frees_the_node() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let client = Client::new(service, "default");
+            let locks = KubeLockStore::new(client.clone());
+            let server = tokio::spawn(async move {
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, node("5", None));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, node("6", Some("2026-11-23T06:00:01Z,default,ext-1")));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}));
+                let (m, _, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                respond(send, 409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "pod ext-1 is already assigned to node n2", "reason": "Conflict", "code": 409}));
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(body["metadata"]["annotations"]["hami.io/bind-phase"], "failed");
+                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}));
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node("7", Some("2026-11-23T06:00:01Z,default,ext-1")));
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(body["metadata"]["resourceVersion"], "7");
+                assert!(body["metadata"]["annotations"]["hami.io/mutex.lock"].is_null(), "{body}");
+                respond(send, 200, node("8", None));
+            });
+            let err = bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at).await.unwrap_err();
+            assert!(err.contains("already assigned"), "{err}");
+            server.await.unwrap();
+        });
+    }
+
     #[test]
     fn a_missing_node_and_a_missing_holder() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -574,4 +719,67 @@ mod lock_store_tests {
             server.await.unwrap();
         });
     }
+}
+
+/// `/bind` against the API server:
+/// 1. take the node lock;
+/// 2. mark the pod `bind-phase=allocating` with its `bind-time`;
+/// 3. create the pod's Binding to the node.
+///
+/// On success the lock stays held until the node agent answers (success or
+/// failed in `bind-phase`), when the next binder may take it over; on any
+/// failure the pod is marked `failed` and the lock is released at once.
+pub async fn bind_pod(
+    client: &Client,
+    locks: &dyn crate::node_lock::LockStore,
+    args: &crate::extender::ExtenderBindingArgs,
+    policy: crate::node_lock::LockPolicy,
+    now: impl Fn() -> chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let (ns, pod, node) = (&args.pod_namespace, &args.pod_name, &args.node);
+    let seed = args
+        .pod_uid
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    crate::node_lock::acquire(locks, node, ns, pod, policy, &now, seed)
+        .await
+        .map_err(|e| format!("node lock: {e}"))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let phase = |p: hami_api::BindPhase| {
+        let mut a = BTreeMap::new();
+        a.insert(keys::BIND_PHASE.to_owned(), p.as_str().to_owned());
+        a
+    };
+    let mut allocating = phase(hami_api::BindPhase::Allocating);
+    allocating.insert(keys::BIND_TIME.to_owned(), now().timestamp().to_string());
+    let result = async {
+        patch_annotations(&pods, pod, &annotation_patch(&allocating)).await?;
+        let binding = serde_json::json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": {"name": pod, "namespace": ns, "uid": args.pod_uid},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+        });
+        pods.create_subresource::<serde_json::Value, serde_json::Value>(
+            "binding",
+            pod,
+            &kube::api::PostParams::default(),
+            &binding,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("binding pod {pod} to {node}: {e}"))
+    }
+    .await;
+    if let Err(e) = &result {
+        // Best effort: the pod is told, and the node is free for the next pod.
+        let _ = patch_annotations(
+            &pods,
+            pod,
+            &annotation_patch(&phase(hami_api::BindPhase::Failed)),
+        )
+        .await;
+        let _ = crate::node_lock::release(locks, node, ns, pod).await;
+        tracing::warn!("bind of {ns}/{pod} to {node} failed: {e}");
+    }
+    result
 }

@@ -5,9 +5,9 @@
 //! hami-controller serve [--listen 0.0.0.0:8888] [--dry-run] …
 //! ```
 //!
-//! `serve` runs the extender's `/filter` (with `/healthz`, `/readyz`) against
-//! the cluster in the kubeconfig or the pod's service account. `/bind`, the
-//! webhook, events, metrics and leader election are not built yet.
+//! `serve` runs the extender's `/filter` and `/bind` (with `/healthz`,
+//! `/readyz`) against the cluster in the kubeconfig or the pod's service
+//! account. The webhook, events, metrics and leader election are not built yet.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,7 +48,7 @@ enum Command {
         #[arg(long, default_value_t = 51)]
         last_seed: u64,
     },
-    /// Serve the scheduler extender's /filter, /healthz and /readyz.
+    /// Serve the scheduler extender's /filter, /bind, /healthz and /readyz.
     Serve {
         #[arg(long, default_value = "0.0.0.0:8888")]
         listen: std::net::SocketAddr,

@@ -1,8 +1,8 @@
-//! The extender's HTTP face: `POST /filter`, `/healthz`, `/readyz`.
+//! The extender's HTTP face: `POST /filter`, `POST /bind`, `/healthz`, `/readyz`.
 //!
 //! The cluster behind it is a trait: the production implementation watches
 //! the API server (reflectors) and patches pods; tests give an in-memory one
-//! that records every write. `/bind` (node locks) is not served yet.
+//! that records every write.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +18,9 @@ use futures_util::future::BoxFuture;
 use hami_api::reasons::NODE_INSUFFICIENT_DEVICE;
 use hami_api::{keys, GpuSchedulerPolicy, NodeSchedulerPolicy, VendorResources};
 
-use crate::extender::{ExtenderArgs, ExtenderFilterResult, NodeList};
+use crate::extender::{
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
+};
 use crate::schedule::device::Node;
 use crate::schedule::filter::filter;
 use crate::schedule::pod::pod_request;
@@ -31,6 +33,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Whether the view has synced since start: until then decisions would
     /// be made on partial usage, so `/readyz` says no and `/filter` refuses.
     fn ready(&self) -> bool;
+    /// Binds the pod to the node under the node lock (see
+    /// [`crate::kube_cluster::bind_pod`]).
+    fn bind(&self, args: ExtenderBindingArgs) -> BoxFuture<'static, Result<(), String>>;
     /// Merges `annotations` into the pod's.
     fn annotate(
         &self,
@@ -72,10 +77,40 @@ pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
     let limit = settings.body_limit;
     Router::new()
         .route("/filter", post(filter_handler))
+        .route("/bind", post(bind_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Arc::new(App { cluster, settings }))
+}
+
+async fn bind_handler(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let reply = |status: StatusCode, error: String| {
+        (status, Json(ExtenderBindingResult { error })).into_response()
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return reply(rejection.status(), format!("request body: {rejection}")),
+    };
+    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("malformed ExtenderBindingArgs: {e}"),
+            )
+        }
+    };
+    if app.settings.dry_run {
+        return reply(StatusCode::OK, "dry run: not binding".into());
+    }
+    match app.cluster.bind(args).await {
+        Ok(()) => reply(StatusCode::OK, String::new()),
+        Err(e) => reply(StatusCode::OK, e),
+    }
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

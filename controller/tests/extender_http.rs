@@ -21,6 +21,7 @@ struct FakeCluster {
     ready: bool,
     fail_writes: bool,
     writes: Mutex<Vec<Write>>,
+    binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
 }
 
 impl Cluster for FakeCluster {
@@ -29,6 +30,20 @@ impl Cluster for FakeCluster {
     }
     fn ready(&self) -> bool {
         self.ready
+    }
+    fn bind(
+        &self,
+        args: hami_controller::extender::ExtenderBindingArgs,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let fail = self.fail_writes;
+        self.binds.lock().unwrap().push(args);
+        Box::pin(async move {
+            if fail {
+                Err("node lock: node n1 is locked by someone".into())
+            } else {
+                Ok(())
+            }
+        })
     }
     fn annotate(
         &self,
@@ -99,14 +114,24 @@ fn cluster(ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
         ready,
         fail_writes,
         writes: Mutex::new(Vec::new()),
+        binds: Mutex::new(Vec::new()),
     })
 }
 
 async fn post(cluster: Arc<FakeCluster>, settings: Settings, body: Vec<u8>) -> (StatusCode, Value) {
+    post_to("/filter", cluster, settings, body).await
+}
+
+async fn post_to(
+    path: &str,
+    cluster: Arc<FakeCluster>,
+    settings: Settings,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
     let app = router(cluster, settings);
     let res = app
         .oneshot(
-            Request::post("/filter")
+            Request::post(path)
                 .header("content-type", "application/json")
                 .body(Body::from(body))
                 .unwrap(),
@@ -319,5 +344,66 @@ fn no_decision_before_sync_or_when_the_write_fails() {
             reply["Nodes"].is_null(),
             "no node without a recorded decision"
         );
+    });
+}
+
+#[test]
+fn bind_takes_the_captured_body_and_reports_errors_in_json() {
+    runtime().block_on(async {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/k8s/sample-extender-binding-args.json");
+        let body = std::fs::read(path).unwrap();
+        let c = cluster(true, false);
+        let (status, reply) = post_to("/bind", c.clone(), Settings::default(), body.clone()).await;
+        assert_eq!(
+            (status, reply.clone()),
+            (StatusCode::OK, json!({"Error": ""}))
+        );
+        let binds = c.binds.lock().unwrap().clone();
+        assert_eq!(binds.len(), 1);
+        assert_eq!(
+            (binds[0].pod_name.as_str(), binds[0].node.as_str()),
+            ("ext-1", "fake-node-2")
+        );
+
+        let (_, reply) = post_to(
+            "/bind",
+            cluster(true, true),
+            Settings::default(),
+            body.clone(),
+        )
+        .await;
+        assert!(
+            reply["Error"].as_str().unwrap().contains("node lock"),
+            "{reply}"
+        );
+
+        let (status, reply) = post_to(
+            "/bind",
+            cluster(true, false),
+            Settings::default(),
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("malformed ExtenderBindingArgs"),
+            "{reply}"
+        );
+
+        let dry = Settings {
+            dry_run: true,
+            ..Settings::default()
+        };
+        let c = cluster(true, false);
+        let (_, reply) = post_to("/bind", c.clone(), dry, body).await;
+        assert!(
+            reply["Error"].as_str().unwrap().contains("dry run"),
+            "{reply}"
+        );
+        assert!(c.binds.lock().unwrap().is_empty());
     });
 }
