@@ -193,6 +193,20 @@ impl Cluster for KubeCluster {
         self.ready.load(Ordering::Acquire)
     }
 
+    fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String) {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), namespace);
+        let event = warning_event(namespace, name, uid, reason, &message, now_utc().and_utc());
+        tokio::spawn(async move {
+            if let Err(e) = events
+                .create(&kube::api::PostParams::default(), &event)
+                .await
+            {
+                tracing::warn!("recording event: {e}");
+            }
+        });
+    }
+
     fn bind(
         &self,
         args: crate::extender::ExtenderBindingArgs,
@@ -693,6 +707,33 @@ mod lock_store_tests {
     }
 
     #[test]
+    fn filtering_failed_is_a_warning_on_the_pod() {
+        let e = warning_event(
+            "default",
+            "ext-1",
+            "u-1",
+            "FilteringFailed",
+            "2/2 CardInsufficientMemory",
+            at(),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v["involvedObject"],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "ext-1", "namespace": "default", "uid": "u-1"})
+        );
+        assert_eq!(
+            (v["type"].as_str(), v["reason"].as_str()),
+            (Some("Warning"), Some("FilteringFailed"))
+        );
+        assert_eq!(v["message"], "2/2 CardInsufficientMemory");
+        assert_eq!(v["source"]["component"], "hami-scheduler");
+        assert!(v["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("ext-1."));
+    }
+
+    #[test]
     fn a_missing_node_and_a_missing_holder() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -718,6 +759,52 @@ mod lock_store_tests {
             assert_eq!(store.owner_needs_lock("default", "p1").await, Ok(false));
             server.await.unwrap();
         });
+    }
+}
+
+/// A core/v1 Warning event about a pod, from the hami scheduler.
+pub fn warning_event(
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    reason: &str,
+    message: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> k8s_openapi::api::core::v1::Event {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    let stamp = k8s_openapi::jiff::Timestamp::from_second(at.timestamp())
+        .ok()
+        .map(Time);
+    Event {
+        metadata: ObjectMeta {
+            // Unique per occurrence, as the API server requires.
+            name: Some(format!(
+                "{pod}.{:x}",
+                at.timestamp_nanos_opt().unwrap_or_default()
+            )),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid: Some(uid.to_owned()).filter(|u| !u.is_empty()),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.to_owned()),
+        message: Some(message.to_owned()),
+        type_: Some("Warning".into()),
+        source: Some(EventSource {
+            component: Some("hami-scheduler".into()),
+            host: None,
+        }),
+        first_timestamp: stamp.clone(),
+        last_timestamp: stamp,
+        count: Some(1),
+        ..Event::default()
     }
 }
 

@@ -36,6 +36,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Binds the pod to the node under the node lock (see
     /// [`crate::kube_cluster::bind_pod`]).
     fn bind(&self, args: ExtenderBindingArgs) -> BoxFuture<'static, Result<(), String>>;
+    /// Records a Warning event on the pod (best effort: a lost event never
+    /// changes a scheduling decision).
+    fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String);
     /// Merges `annotations` into the pod's.
     fn annotate(
         &self,
@@ -67,6 +70,9 @@ impl Default for Settings {
         }
     }
 }
+
+/// The event reason HAMi's scheduler records when no node fits a pod.
+pub const FILTERING_FAILED: &str = "FilteringFailed";
 
 struct App {
     cluster: Arc<dyn Cluster>,
@@ -212,6 +218,20 @@ async fn filter_handler(
         failed.insert(known[*i].0.clone(), (*reason).to_owned());
     }
     let Some(chosen) = outcome.chosen else {
+        if !app.settings.dry_run {
+            let mut reasons = hami_api::FailureReasons::new(candidates.len());
+            for reason in failed.values() {
+                reasons.add(reason);
+            }
+            let meta = &args.pod.metadata;
+            app.cluster.warn_pod(
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or_default(),
+                meta.uid.as_deref().unwrap_or_default(),
+                FILTERING_FAILED,
+                reasons.encode(),
+            );
+        }
         return Json(reply(&args, &[], failed)).into_response();
     };
     // The scheduler gets exactly one node, the one the devices were chosen on;

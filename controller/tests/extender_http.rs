@@ -22,6 +22,7 @@ struct FakeCluster {
     fail_writes: bool,
     writes: Mutex<Vec<Write>>,
     binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
+    events: Mutex<Vec<String>>,
 }
 
 impl Cluster for FakeCluster {
@@ -44,6 +45,12 @@ impl Cluster for FakeCluster {
                 Ok(())
             }
         })
+    }
+    fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("{namespace}/{name}/{uid} {reason}: {message}"));
     }
     fn annotate(
         &self,
@@ -115,6 +122,7 @@ fn cluster(ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
         fail_writes,
         writes: Mutex::new(Vec::new()),
         binds: Mutex::new(Vec::new()),
+        events: Mutex::new(Vec::new()),
     })
 }
 
@@ -214,6 +222,24 @@ fn binpack_prefers_the_busier_node_when_both_fit() {
         args["Pod"]["metadata"]["annotations"]["hami.io/node-scheduler-policy"] = json!("spread");
         let (_, reply) = post(c, Settings::default(), serde_json::to_vec(&args).unwrap()).await;
         assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
+    });
+}
+
+#[test]
+fn a_pod_no_node_can_take_gets_a_filtering_failed_event() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let mut args = gpu_args();
+        args["Pod"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpumem"] = json!("9000");
+        let (_, reply) = post(c.clone(), Settings::default(), serde_json::to_vec(&args).unwrap()).await;
+        assert!(node_names(&reply).is_empty(), "{reply}");
+        assert_eq!(reply["FailedNodes"]["fake-node-2"], "CardInsufficientMemory");
+        let events = c.events.lock().unwrap().clone();
+        assert_eq!(
+            events,
+            vec!["default/ext-1/5a53271d-20c3-4b39-b421-64490ff91216 FilteringFailed: 2/2 CardInsufficientMemory"]
+        );
+        assert!(c.writes.lock().unwrap().is_empty());
     });
 }
 
