@@ -7,10 +7,12 @@
 //! - [`state`]: the cluster view rebuilt from node and pod annotations;
 //! - [`server`]: the extender's HTTP endpoints over a [`server::Cluster`];
 //! - [`kube_cluster`]: that cluster behind a real API server (reflectors, patches);
-//! - [`node_lock`]: the per-node bind lock over any optimistic-concurrency store.
+//! - [`node_lock`]: the per-node bind lock over any optimistic-concurrency store;
+//! - [`metrics`]: allocations in Prometheus text format under HAMi's names.
 
 pub mod extender;
 pub mod kube_cluster;
+pub mod metrics;
 pub mod node_lock;
 pub mod schedule;
 pub mod server;

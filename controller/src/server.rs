@@ -1,4 +1,5 @@
-//! The extender's HTTP face: `POST /filter`, `POST /bind`, `/healthz`, `/readyz`.
+//! The extender's HTTP face: `POST /filter`, `POST /bind`, `/metrics`,
+//! `/healthz`, `/readyz`.
 //!
 //! The cluster behind it is a trait: the production implementation watches
 //! the API server (reflectors) and patches pods; tests give an in-memory one
@@ -86,6 +87,7 @@ pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
         .route("/bind", post(bind_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(Arc::new(App { cluster, settings }))
 }
@@ -117,6 +119,18 @@ async fn bind_handler(
         Ok(()) => reply(StatusCode::OK, String::new()),
         Err(e) => reply(StatusCode::OK, e),
     }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = crate::metrics::render(&app.cluster.state());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -20,8 +20,23 @@ pub const HANDSHAKE_TIMEOUT_SECONDS: i64 = 60;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
+    /// Every device grant counted, per container, for the metrics.
+    pub grants: Vec<ContainerGrant>,
     /// What could not be read, for the log: `(object, problem)`.
     pub warnings: Vec<(String, String)>,
+}
+
+/// One device granted to one container of a live pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerGrant {
+    pub namespace: String,
+    pub pod: String,
+    /// The container's slot in the allocation (init containers first).
+    pub container: usize,
+    pub node: String,
+    pub uuid: String,
+    pub memory_mib: u64,
+    pub cores: u32,
 }
 
 fn annotation<'a>(
@@ -135,7 +150,18 @@ impl ClusterState {
             }
             for d in devices {
                 match node.devices.iter_mut().find(|x| x.uuid == d.uuid) {
-                    Some(dev) => dev.grant(u64::from(d.mem_mib), d.cores),
+                    Some(dev) => {
+                        dev.grant(u64::from(d.mem_mib), d.cores);
+                        self.grants.push(ContainerGrant {
+                            namespace: meta.namespace.clone().unwrap_or_default(),
+                            pod: meta.name.clone().unwrap_or_default(),
+                            container: slot,
+                            node: node_name.clone(),
+                            uuid: d.uuid.clone(),
+                            memory_mib: u64::from(d.mem_mib),
+                            cores: d.cores,
+                        });
+                    }
                     None => self.warnings.push((
                         id.clone(),
                         format!("device {} is not registered on node {node_name}", d.uuid),

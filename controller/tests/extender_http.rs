@@ -433,3 +433,20 @@ fn bind_takes_the_captured_body_and_reports_errors_in_json() {
         assert!(c.binds.lock().unwrap().is_empty());
     });
 }
+
+#[test]
+fn metrics_show_the_busy_device_under_hami_names() {
+    runtime().block_on(async {
+        let app = router(cluster(true, false), Settings::default());
+        let res = app
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+        let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let line = r#"GPUDeviceMemoryAllocated{devicecores="50",deviceidx="0",deviceuuid="GPU-fake-node-1",nodeid="fake-node-1",zone="vGPU"} 6291456000"#;
+        assert!(text.lines().any(|l| l == line), "{text}");
+        assert!(text.contains(r#"podname="busy""#), "{text}");
+    });
+}

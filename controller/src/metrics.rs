@@ -1,0 +1,176 @@
+//! `/metrics`: the scheduler's view of allocations in Prometheus text format,
+//! under the names HAMi's scheduler exports (so its Grafana dashboard and
+//! HAMi-WebUI read them unchanged), plus the `hami_*_bytes` names of the
+//! hami-rs contract for the two memory series.
+
+use std::fmt::Write;
+
+use crate::state::ClusterState;
+
+const MIB: u64 = 1 << 20;
+
+/// A label value with `\`, `"` and newlines escaped as the format requires.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    rows: Vec<(String, f64)>,
+}
+
+fn render_family(out: &mut String, f: &Family<'_>) {
+    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+    let _ = writeln!(out, "# TYPE {} gauge", f.name);
+    for (labels, value) in &f.rows {
+        let _ = writeln!(out, "{}{{{labels}}} {value}", f.name);
+    }
+}
+
+pub fn render(state: &ClusterState) -> String {
+    let device_labels = |node: &str, idx: u32, uuid: &str| {
+        format!(
+            "deviceidx=\"{idx}\",deviceuuid=\"{}\",nodeid=\"{}\",zone=\"vGPU\"",
+            esc(uuid),
+            esc(node)
+        )
+    };
+    let mut families: Vec<Family<'_>> = Vec::new();
+    let mut per_device = |name, help, value: &dyn Fn(&crate::schedule::device::Device) -> f64| {
+        let rows = state
+            .nodes
+            .values()
+            .flat_map(|n| {
+                n.devices
+                    .iter()
+                    .map(|d| (device_labels(&n.name, d.index, &d.uuid), value(d)))
+            })
+            .collect();
+        families.push(Family { name, help, rows });
+    };
+    per_device(
+        "GPUDeviceCoreLimit",
+        "Device core limit for a certain GPU",
+        &|d| f64::from(d.cores),
+    );
+    per_device(
+        "GPUDeviceMemoryLimit",
+        "Device memory limit for a certain GPU (bytes)",
+        &|d| (d.memory_mib * MIB) as f64,
+    );
+    per_device(
+        "GPUDeviceCoreAllocated",
+        "Device core allocated for a certain GPU",
+        &|d| f64::from(d.used_cores),
+    );
+    per_device(
+        "GPUDeviceSharedNum",
+        "Number of containers sharing this GPU",
+        &|d| f64::from(d.tasks),
+    );
+    // HAMi labels its memory-allocated series with the cores in use as well.
+    let memory_rows: Vec<(String, f64)> = state
+        .nodes
+        .values()
+        .flat_map(|n| {
+            n.devices.iter().map(|d| {
+                (
+                    format!(
+                        "devicecores=\"{}\",{}",
+                        d.used_cores,
+                        device_labels(&n.name, d.index, &d.uuid)
+                    ),
+                    (d.used_memory_mib * MIB) as f64,
+                )
+            })
+        })
+        .collect();
+    families.push(Family {
+        name: "GPUDeviceMemoryAllocated",
+        help: "Device memory allocated for a certain GPU (bytes)",
+        rows: memory_rows.clone(),
+    });
+    families.push(Family {
+        name: "hami_gpu_memory_allocated_bytes",
+        help: "Device memory allocated for a certain GPU",
+        rows: memory_rows,
+    });
+    let container_rows =
+        |value: &dyn Fn(&crate::state::ContainerGrant) -> f64| -> Vec<(String, f64)> {
+            state
+            .grants
+            .iter()
+            .map(|g| {
+                (
+                    format!(
+                        "containeridx=\"{}\",deviceuuid=\"{}\",nodename=\"{}\",podname=\"{}\",podnamespace=\"{}\",zone=\"vGPU\"",
+                        g.container,
+                        esc(&g.uuid),
+                        esc(&g.node),
+                        esc(&g.pod),
+                        esc(&g.namespace)
+                    ),
+                    value(g),
+                )
+            })
+            .collect()
+        };
+    families.push(Family {
+        name: "vGPUCoreAllocated",
+        help: "vGPU core allocated from a container",
+        rows: container_rows(&|g| f64::from(g.cores)),
+    });
+    families.push(Family {
+        name: "vGPUMemoryAllocated",
+        help: "vGPU memory allocated from a container (bytes)",
+        rows: container_rows(&|g| (g.memory_mib * MIB) as f64),
+    });
+    families.push(Family {
+        name: "hami_vgpu_memory_allocated_bytes",
+        help: "vGPU memory allocated from a container",
+        rows: container_rows(&|g| (g.memory_mib * MIB) as f64),
+    });
+    let mut out = String::new();
+    for f in &families {
+        render_family(&mut out, f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use serde_json::json;
+
+    #[test]
+    fn allocations_render_under_hami_names() {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1", "annotations": {
+            "hami.io/node-nvidia-register":
+                r#"[{"id":"GPU-a","count":10,"devmem":8192,"devcore":100,"type":"T4","health":true}]"#}}}))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p\"1", "namespace": "default", "annotations": {
+                "hami.io/vgpu-node": "n1", "hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}},
+            "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running"}}))
+        .unwrap();
+        let state = ClusterState::rebuild(&[node], &[pod], chrono::NaiveDateTime::default());
+        let text = render(&state);
+        for line in [
+            "# TYPE GPUDeviceMemoryLimit gauge",
+            r#"GPUDeviceMemoryLimit{deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 8589934592"#,
+            r#"GPUDeviceCoreAllocated{deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 30"#,
+            r#"GPUDeviceMemoryAllocated{devicecores="30",deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 3145728000"#,
+            r#"hami_gpu_memory_allocated_bytes{devicecores="30",deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 3145728000"#,
+            r#"GPUDeviceSharedNum{deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 1"#,
+            r#"vGPUMemoryAllocated{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 3145728000"#,
+            r#"hami_vgpu_memory_allocated_bytes{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 3145728000"#,
+            r#"vGPUCoreAllocated{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 30"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
