@@ -178,11 +178,8 @@ impl Cluster for KubeCluster {
         if cached.0 == generation && pending.is_empty() {
             return cached.1.clone();
         }
-        let nodes: Vec<Node> = self.nodes.state().iter().map(|n| (**n).clone()).collect();
         let pods = self.pods.state();
-        let owned: Vec<Pod> = pods.iter().map(|p| (**p).clone()).collect();
-        let now = now_utc();
-        let mut state = ClusterState::rebuild(&nodes, &owned, now);
+        let mut state = ClusterState::rebuild(&self.nodes.state(), &pods, now_utc());
         *pending = overlay(&mut state, &pods, &pending);
         let state = Arc::new(state);
         *cached = (generation, state.clone());
@@ -279,7 +276,7 @@ mod tests {
         let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1",
             "annotations": {"hami.io/node-nvidia-register": REGISTER}}}))
         .unwrap();
-        ClusterState::rebuild(&[node], &[], chrono::NaiveDateTime::default())
+        ClusterState::rebuild(&[node], &[] as &[Pod], chrono::NaiveDateTime::default())
     }
 
     fn grant(name: &str) -> PendingGrant {

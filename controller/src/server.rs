@@ -226,7 +226,7 @@ async fn filter_handler(
         Ok(p) => p,
         Err(e) => return error(StatusCode::OK, e),
     };
-    let nodes: Vec<Node> = known.iter().map(|(_, n)| (*n).clone()).collect();
+    let nodes: Vec<&Node> = known.iter().map(|(_, n)| *n).collect();
     let outcome = filter(&nodes, &request, node_policy, gpu_policy);
     for (i, reason) in &outcome.failed {
         failed.insert(known[*i].0.clone(), (*reason).to_owned());
@@ -251,7 +251,7 @@ async fn filter_handler(
     // The scheduler gets exactly one node, the one the devices were chosen on;
     // the other fitting nodes are simply not returned.
     let node_name = known[chosen.node].0.clone();
-    let allocation = match chosen.fit.allocation(&nodes[chosen.node]).encode() {
+    let allocation = match chosen.fit.allocation(nodes[chosen.node]).encode() {
         Ok(a) => a,
         Err(e) => return error(StatusCode::OK, format!("encoding the decision: {e}")),
     };

@@ -6,6 +6,7 @@
 //! Nothing else is kept, so a restarted controller sees exactly what the
 //! previous one saw and cannot allocate a device twice.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
@@ -55,9 +56,15 @@ fn holds_devices(pod: &Pod) -> bool {
 impl ClusterState {
     /// Rebuilds the state from the nodes and pods a reflector holds; `now`
     /// is the scheduler's local time, as the handshake stamps are.
-    pub fn rebuild(nodes: &[KubeNode], pods: &[Pod], now: NaiveDateTime) -> Self {
+    /// Takes the objects as owned or shared (`Arc`, as a reflector store
+    /// holds them), so a rebuild never copies the cluster.
+    pub fn rebuild<N: Borrow<KubeNode>, P: Borrow<Pod>>(
+        nodes: &[N],
+        pods: &[P],
+        now: NaiveDateTime,
+    ) -> Self {
         let mut state = Self::default();
-        for n in nodes {
+        for n in nodes.iter().map(Borrow::borrow) {
             let Some(name) = n.metadata.name.clone() else {
                 continue;
             };
@@ -100,7 +107,7 @@ impl ClusterState {
                 .collect();
             state.nodes.insert(name.clone(), Node { name, devices });
         }
-        for p in pods.iter().filter(|p| holds_devices(p)) {
+        for p in pods.iter().map(Borrow::borrow).filter(|p| holds_devices(p)) {
             state.charge(p);
         }
         state
@@ -260,7 +267,7 @@ mod tests {
             ),
             node("garbled", json!({"hami.io/node-handshake": "whenever"})),
         ];
-        let s = ClusterState::rebuild(&nodes, &[], now());
+        let s = ClusterState::rebuild(&nodes, &[] as &[Pod], now());
         assert!(!s.nodes["n1"].devices[0].cordoned && s.nodes["n1"].devices[1].cordoned);
         for (n, healthy) in [
             ("gone", false),

@@ -2,6 +2,8 @@
 //! free: every node is fitted and scored, the best one wins, and every other
 //! node's reason is kept for `FailedNodes` and the `FilteringFailed` event.
 
+use std::borrow::Borrow;
+
 use hami_api::{FailureReasons, GpuSchedulerPolicy, NodeSchedulerPolicy};
 
 use super::device::Node;
@@ -44,9 +46,10 @@ pub fn device_order(policy: GpuSchedulerPolicy) -> DeviceOrder {
 }
 
 /// Fits `pod` on every node and picks the best by `node_policy` (ties go to
-/// the earlier node, so the outcome does not depend on hash order).
-pub fn filter(
-    nodes: &[Node],
+/// the earlier node, so the outcome does not depend on hash order). Nodes
+/// may be owned or borrowed from the cluster view: nothing is copied.
+pub fn filter<N: Borrow<Node>>(
+    nodes: &[N],
     pod: &PodRequest,
     node_policy: NodeSchedulerPolicy,
     gpu_policy: GpuSchedulerPolicy,
@@ -54,7 +57,7 @@ pub fn filter(
     let order = device_order(gpu_policy);
     let mut chosen: Option<Chosen> = None;
     let mut failed = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
+    for (i, node) in nodes.iter().map(Borrow::borrow).enumerate() {
         match fit_pod(node, pod, order) {
             Ok(fit) => {
                 let score = score_for_load(node.load_with(&fit.lasting()), node_policy);

@@ -236,6 +236,21 @@ impl<'a> Simulation<'a> {
                     Err(_) => continue,
                 },
             };
+            // What every choice on this node is weighed against (the same for
+            // all of them): the node's free shares and fragmentation now, and
+            // which task kinds its CPU and memory still fit once the pod is on.
+            let baseline = (policy == Policy::Fragmentation).then(|| {
+                let model = self.nodes[i].model.as_str();
+                let free = free_shares(&n.node);
+                let fit_before = self.workload.fit_mask(n.cpu_free, n.memory_free, model);
+                let before = cache.get(&self.workload, &free, fit_before);
+                let fit_after = self.workload.fit_mask(
+                    n.cpu_free - pod.cpu_milli,
+                    n.memory_free - pod.memory_mib,
+                    model,
+                );
+                (free, before, fit_after)
+            });
             for grants in choices {
                 let extra: Vec<(usize, u64, u32)> = grants
                     .iter()
@@ -246,20 +261,13 @@ impl<'a> Simulation<'a> {
                     Policy::Binpack => -score_for_load(load, NodeSchedulerPolicy::Binpack),
                     Policy::Spread => -score_for_load(load, NodeSchedulerPolicy::Spread),
                     Policy::Fragmentation => {
-                        let model = self.nodes[i].model.as_str();
-                        let fit_before = self.workload.fit_mask(n.cpu_free, n.memory_free, model);
-                        let fit_after = self.workload.fit_mask(
-                            n.cpu_free - pod.cpu_milli,
-                            n.memory_free - pod.memory_mib,
-                            model,
-                        );
-                        let free = free_shares(&n.node);
+                        let (free, before, fit_after) =
+                            baseline.as_ref().expect("computed for this policy");
                         let mut free_after = free.clone();
                         for g in &grants {
                             free_after[g.device] = free_after[g.device].saturating_sub(g.cores);
                         }
-                        let before = cache.get(&self.workload, &free, fit_before);
-                        let grown = cache.get(&self.workload, &free_after, fit_after);
+                        let grown = cache.get(&self.workload, &free_after, *fit_after);
                         // Ties (equal growth) go to the fuller node, as binpack would.
                         (grown - before) * 100.0
                             - score_for_load(load, NodeSchedulerPolicy::Binpack) / 100.0
