@@ -264,116 +264,6 @@ impl Cluster for KubeCluster {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const REGISTER: &str =
-        r#"[{"id":"GPU-a","count":10,"devmem":8192,"devcore":100,"type":"T4","health":true}]"#;
-
-    fn state() -> ClusterState {
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1",
-            "annotations": {"hami.io/node-nvidia-register": REGISTER}}}))
-        .unwrap();
-        ClusterState::rebuild(&[node], &[] as &[Pod], chrono::NaiveDateTime::default())
-    }
-
-    fn grant(name: &str) -> PendingGrant {
-        PendingGrant {
-            namespace: "default".into(),
-            name: name.into(),
-            node: "n1".into(),
-            allocation: "GPU-a,T4,3000,30:;".into(),
-        }
-    }
-
-    #[test]
-    fn pending_grants_count_until_the_watch_shows_them() {
-        let mut s = state();
-        let still = overlay(&mut s, &[], &[grant("p1"), grant("p2")]);
-        assert_eq!(still.len(), 2);
-        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 6000);
-        // p1's annotation has arrived through the reflector: it is no longer pending.
-        let arrived: Pod =
-            serde_json::from_value(json!({"metadata": {"name": "p1", "namespace": "default",
-            "annotations": {"hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}}}))
-            .unwrap();
-        let mut s = state();
-        let still = overlay(&mut s, &[Arc::new(arrived)], &[grant("p1"), grant("p2")]);
-        assert_eq!(still, vec![grant("p2")]);
-        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
-    }
-
-    #[test]
-    fn the_patch_is_a_merge_of_annotations_only() {
-        let ann: BTreeMap<String, String> = [("hami.io/vgpu-node".to_owned(), "n1".to_owned())]
-            .into_iter()
-            .collect();
-        assert_eq!(
-            annotation_patch(&ann),
-            json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
-        );
-    }
-
-    /// The exact API call, through a kube client whose transport is a
-    /// scenario verifier: a PATCH of the pod with a merge patch.
-    #[test]
-    fn annotations_are_written_with_one_merge_patch() {
-        use http_body_util::BodyExt;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (service, mut handle) = tower_test::mock::pair::<
-                http::Request<kube::client::Body>,
-                http::Response<kube::client::Body>,
-            >();
-            let client = Client::new(service, "default");
-            let api: Api<Pod> = Api::namespaced(client, "team-a");
-            let patch = json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}});
-            let server = tokio::spawn(async move {
-                for (status, body) in [
-                    (200, json!({"metadata": {"name": "p1"}})),
-                    (
-                        409,
-                        json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "the object has been modified", "reason": "Conflict", "code": 409}),
-                    ),
-                ] {
-                    let (request, send) = handle.next_request().await.expect("a request");
-                    assert_eq!(request.method(), http::Method::PATCH);
-                    assert_eq!(request.uri().path(), "/api/v1/namespaces/team-a/pods/p1");
-                    assert_eq!(
-                        request.headers()["content-type"],
-                        "application/merge-patch+json"
-                    );
-                    let sent: serde_json::Value = serde_json::from_slice(
-                        &request.into_body().collect().await.unwrap().to_bytes(),
-                    )
-                    .unwrap();
-                    assert_eq!(
-                        sent,
-                        json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
-                    );
-                    send.send_response(
-                        http::Response::builder()
-                            .status(status)
-                            .body(kube::client::Body::from(body.to_string().into_bytes()))
-                            .unwrap(),
-                    );
-                }
-            });
-            assert_eq!(patch_annotations(&api, "p1", &patch).await, Ok(()));
-            let err = patch_annotations(&api, "p1", &patch).await.unwrap_err();
-            assert!(err.contains("modified"), "{err}");
-            server.await.unwrap();
-        });
-    }
-}
-
 /// The node lock on the Node object itself, through the API server.
 pub struct KubeLockStore {
     nodes: Api<Node>,
@@ -470,292 +360,6 @@ impl crate::node_lock::LockStore for KubeLockStore {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod lock_store_tests {
-    use super::*;
-    use crate::node_lock::{acquire, LockPolicy, LockStore};
-    use http_body_util::BodyExt;
-    use serde_json::{json, Value};
-
-    type Handle = tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >;
-
-    fn respond(
-        send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-        status: u16,
-        body: Value,
-    ) {
-        send.send_response(
-            http::Response::builder()
-                .status(status)
-                .body(kube::client::Body::from(body.to_string().into_bytes()))
-                .unwrap(),
-        );
-    }
-
-    async fn next(
-        handle: &mut Handle,
-    ) -> (
-        http::Method,
-        String,
-        Value,
-        tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-    ) {
-        let (request, send) = handle.next_request().await.expect("a request");
-        let method = request.method().clone();
-        let uri = request.uri().to_string();
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (method, uri, body, send)
-    }
-
-    fn node(rv: &str, lock: Option<&str>) -> Value {
-        let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": rv}});
-        if let Some(l) = lock {
-            n["metadata"]["annotations"] = json!({"hami.io/mutex.lock": l});
-        }
-        n
-    }
-
-    /// The exact calls of a contended take: read, conditional write that
-    /// loses (409), read again, ask whether the holder's pod still needs
-    /// the lock (its node agent answered), conditional write that wins.
-    #[test]
-    fn a_contended_take_against_the_api_server() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let store = KubeLockStore::new(Client::new(service, "default"));
-            let server = tokio::spawn(async move {
-                let (m, uri, _, send) = next(&mut handle).await;
-                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
-                respond(send, 200, node("10", None));
-
-                let (m, uri, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert!(uri.starts_with("/api/v1/nodes/n1"), "{uri}");
-                assert_eq!(body["metadata"]["resourceVersion"], "10");
-                assert!(body["metadata"]["annotations"]["hami.io/mutex.lock"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with(",default,p2"));
-                respond(send, 409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "the object has been modified", "reason": "Conflict", "code": 409}));
-
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 200, node("11", Some("2026-11-23T06:00:00Z,default,p1")));
-
-                let (m, uri, _, send) = next(&mut handle).await;
-                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/namespaces/default/pods/p1"));
-                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
-                    "name": "p1", "namespace": "default", "annotations": {"hami.io/bind-phase": "success"}}}));
-
-                let (m, _, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert_eq!(body["metadata"]["resourceVersion"], "11");
-                respond(send, 200, node("12", Some("2026-11-23T06:00:01Z,default,p2")));
-            });
-            let now = || chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z").unwrap().with_timezone(&chrono::Utc);
-            let policy = LockPolicy {
-                first_backoff: std::time::Duration::from_millis(1),
-                ..LockPolicy::default()
-            };
-            acquire(&store, "n1", "default", "p2", policy, now, 7).await.unwrap();
-            server.await.unwrap();
-        });
-    }
-
-    fn binding_args() -> crate::extender::ExtenderBindingArgs {
-        crate::extender::ExtenderBindingArgs {
-            pod_name: "ext-1".into(),
-            pod_namespace: "default".into(),
-            pod_uid: "5a53271d-20c3-4b39-b421-64490ff91216".into(),
-            node: "n1".into(),
-        }
-    }
-
-    fn at() -> chrono::DateTime<chrono::Utc> {
-        chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z")
-            .unwrap()
-            .with_timezone(&chrono::Utc)
-    }
-
-    /// A bind, call by call: lock the node, mark the pod allocating with its
-    /// bind time, create the Binding; the lock stays for the node agent.
-    #[test]
-    fn a_bind_takes_the_lock_marks_the_pod_and_binds() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let client = Client::new(service, "default");
-            let locks = KubeLockStore::new(client.clone());
-            let server = tokio::spawn(async move {
-                let (m, uri, _, send) = next(&mut handle).await;
-                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
-                respond(send, 200, node("5", None));
-                let (m, _, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert_eq!(
-                    body["metadata"]["annotations"]["hami.io/mutex.lock"],
-                    "2026-11-23T06:00:01Z,default,ext-1"
-                );
-                respond(
-                    send,
-                    200,
-                    node("6", Some("2026-11-23T06:00:01Z,default,ext-1")),
-                );
-                let (m, uri, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert!(
-                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1"),
-                    "{uri}"
-                );
-                assert_eq!(
-                    body,
-                    json!({"metadata": {"annotations": {
-                    "hami.io/bind-phase": "allocating", "hami.io/bind-time": "1795413601"}}})
-                );
-                respond(
-                    send,
-                    200,
-                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
-                );
-                let (m, uri, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::POST);
-                assert!(
-                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1/binding"),
-                    "{uri}"
-                );
-                assert_eq!(
-                    body["target"],
-                    json!({"apiVersion": "v1", "kind": "Node", "name": "n1"})
-                );
-                assert_eq!(
-                    body["metadata"]["uid"],
-                    "5a53271d-20c3-4b39-b421-64490ff91216"
-                );
-                respond(
-                    send,
-                    201,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
-                );
-            });
-            bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
-                .await
-                .unwrap();
-            server.await.unwrap();
-        });
-    }
-
-    /// The Binding is refused: the pod is marked failed and the lock released.
-    #[test]
-    fn a_failed_bind_marks_the_pod_and_frees_the_node() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let client = Client::new(service, "default");
-            let locks = KubeLockStore::new(client.clone());
-            let server = tokio::spawn(async move {
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 200, node("5", None));
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 200, node("6", Some("2026-11-23T06:00:01Z,default,ext-1")));
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}));
-                let (m, _, _, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::POST);
-                respond(send, 409, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": "pod ext-1 is already assigned to node n2", "reason": "Conflict", "code": 409}));
-                let (m, _, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert_eq!(body["metadata"]["annotations"]["hami.io/bind-phase"], "failed");
-                respond(send, 200, json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}));
-                let (m, uri, _, send) = next(&mut handle).await;
-                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
-                respond(send, 200, node("7", Some("2026-11-23T06:00:01Z,default,ext-1")));
-                let (m, _, body, send) = next(&mut handle).await;
-                assert_eq!(m, http::Method::PATCH);
-                assert_eq!(body["metadata"]["resourceVersion"], "7");
-                assert!(body["metadata"]["annotations"]["hami.io/mutex.lock"].is_null(), "{body}");
-                respond(send, 200, node("8", None));
-            });
-            let err = bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at).await.unwrap_err();
-            assert!(err.contains("already assigned"), "{err}");
-            server.await.unwrap();
-        });
-    }
-
-    #[test]
-    fn filtering_failed_is_a_warning_on_the_pod() {
-        let e = warning_event(
-            "default",
-            "ext-1",
-            "u-1",
-            "FilteringFailed",
-            "2/2 CardInsufficientMemory",
-            at(),
-        );
-        let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(
-            v["involvedObject"],
-            json!({"apiVersion": "v1", "kind": "Pod", "name": "ext-1", "namespace": "default", "uid": "u-1"})
-        );
-        assert_eq!(
-            (v["type"].as_str(), v["reason"].as_str()),
-            (Some("Warning"), Some("FilteringFailed"))
-        );
-        assert_eq!(v["message"], "2/2 CardInsufficientMemory");
-        assert_eq!(v["source"]["component"], "hami-scheduler");
-        assert!(v["metadata"]["name"]
-            .as_str()
-            .unwrap()
-            .starts_with("ext-1."));
-    }
-
-    #[test]
-    fn a_missing_node_and_a_missing_holder() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let store = KubeLockStore::new(Client::new(service, "default"));
-            let server = tokio::spawn(async move {
-                let not_found = |what: &str| {
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": format!("{what} not found"), "reason": "NotFound", "code": 404})
-                };
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 404, not_found("nodes \"gone\""));
-                let (_, _, _, send) = next(&mut handle).await;
-                respond(send, 404, not_found("pods \"p1\""));
-            });
-            assert_eq!(
-                store.read("gone").await,
-                Err(crate::node_lock::LockError::NotFound("gone".into()))
-            );
-            assert_eq!(store.owner_needs_lock("default", "p1").await, Ok(false));
-            server.await.unwrap();
-        });
     }
 }
 
@@ -866,4 +470,429 @@ pub async fn bind_pod(
         tracing::warn!("bind of {ns}/{pod} to {node} failed: {e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node_lock::{acquire, LockPolicy, LockStore};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+
+    /// Runs a test's async body on a current-thread runtime.
+    fn block_on<F: std::future::Future>(body: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(body)
+    }
+
+    /// A `Status` failure as the API server sends it.
+    fn failure(code: u16, reason: &str, message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": message, "reason": reason, "code": code})
+    }
+
+    const REGISTER: &str =
+        r#"[{"id":"GPU-a","count":10,"devmem":8192,"devcore":100,"type":"T4","health":true}]"#;
+
+    fn state() -> ClusterState {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1",
+            "annotations": {"hami.io/node-nvidia-register": REGISTER}}}))
+        .unwrap();
+        ClusterState::rebuild(&[node], &[] as &[Pod], chrono::NaiveDateTime::default())
+    }
+
+    fn grant(name: &str) -> PendingGrant {
+        PendingGrant {
+            namespace: "default".into(),
+            name: name.into(),
+            node: "n1".into(),
+            allocation: "GPU-a,T4,3000,30:;".into(),
+        }
+    }
+
+    #[test]
+    fn pending_grants_count_until_the_watch_shows_them() {
+        let mut s = state();
+        let still = overlay(&mut s, &[], &[grant("p1"), grant("p2")]);
+        assert_eq!(still.len(), 2);
+        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 6000);
+        // p1's annotation has arrived through the reflector: it is no longer pending.
+        let arrived: Pod =
+            serde_json::from_value(json!({"metadata": {"name": "p1", "namespace": "default",
+            "annotations": {"hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}}}))
+            .unwrap();
+        let mut s = state();
+        let still = overlay(&mut s, &[Arc::new(arrived)], &[grant("p1"), grant("p2")]);
+        assert_eq!(still, vec![grant("p2")]);
+        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
+    }
+
+    #[test]
+    fn the_patch_is_a_merge_of_annotations_only() {
+        let ann: BTreeMap<String, String> = [("hami.io/vgpu-node".to_owned(), "n1".to_owned())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            annotation_patch(&ann),
+            json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
+        );
+    }
+
+    /// The exact API call, through a kube client whose transport is a
+    /// scenario verifier: a PATCH of the pod with a merge patch.
+    #[test]
+    fn annotations_are_written_with_one_merge_patch() {
+        block_on(async {
+            let (service, mut handle) = tower_test::mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            let client = Client::new(service, "default");
+            let api: Api<Pod> = Api::namespaced(client, "team-a");
+            let patch = json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}});
+            let server = tokio::spawn(async move {
+                for (status, body) in [
+                    (200, json!({"metadata": {"name": "p1"}})),
+                    (
+                        409,
+                        failure(409, "Conflict", "the object has been modified"),
+                    ),
+                ] {
+                    let (request, send) = handle.next_request().await.expect("a request");
+                    assert_eq!(request.method(), http::Method::PATCH);
+                    assert_eq!(request.uri().path(), "/api/v1/namespaces/team-a/pods/p1");
+                    assert_eq!(
+                        request.headers()["content-type"],
+                        "application/merge-patch+json"
+                    );
+                    let sent: serde_json::Value = serde_json::from_slice(
+                        &request.into_body().collect().await.unwrap().to_bytes(),
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        sent,
+                        json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}})
+                    );
+                    respond(send, status, body);
+                }
+            });
+            assert_eq!(patch_annotations(&api, "p1", &patch).await, Ok(()));
+            let err = patch_annotations(&api, "p1", &patch).await.unwrap_err();
+            assert!(err.contains("modified"), "{err}");
+            server.await.unwrap();
+        });
+    }
+
+    type Handle = tower_test::mock::Handle<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >;
+
+    fn respond(
+        send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+        status: u16,
+        body: Value,
+    ) {
+        send.send_response(
+            http::Response::builder()
+                .status(status)
+                .body(kube::client::Body::from(body.to_string().into_bytes()))
+                .unwrap(),
+        );
+    }
+
+    async fn next(
+        handle: &mut Handle,
+    ) -> (
+        http::Method,
+        String,
+        Value,
+        tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+    ) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let method = request.method().clone();
+        let uri = request.uri().to_string();
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (method, uri, body, send)
+    }
+
+    fn node(rv: &str, lock: Option<&str>) -> Value {
+        let mut n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "resourceVersion": rv}});
+        if let Some(l) = lock {
+            n["metadata"]["annotations"] = json!({"hami.io/mutex.lock": l});
+        }
+        n
+    }
+
+    /// The exact calls of a contended take: read, conditional write that
+    /// loses (409), read again, ask whether the holder's pod still needs
+    /// the lock (its node agent answered), conditional write that wins.
+    #[test]
+    fn a_contended_take_against_the_api_server() {
+        block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let store = KubeLockStore::new(Client::new(service, "default"));
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node("10", None));
+
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert!(uri.starts_with("/api/v1/nodes/n1"), "{uri}");
+                assert_eq!(body["metadata"]["resourceVersion"], "10");
+                assert!(body["metadata"]["annotations"]["hami.io/mutex.lock"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(",default,p2"));
+                respond(
+                    send,
+                    409,
+                    failure(409, "Conflict", "the object has been modified"),
+                );
+
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    node("11", Some("2026-11-23T06:00:00Z,default,p1")),
+                );
+
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri.as_str()),
+                    (http::Method::GET, "/api/v1/namespaces/default/pods/p1")
+                );
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {
+                    "name": "p1", "namespace": "default", "annotations": {"hami.io/bind-phase": "success"}}}),
+                );
+
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(body["metadata"]["resourceVersion"], "11");
+                respond(
+                    send,
+                    200,
+                    node("12", Some("2026-11-23T06:00:01Z,default,p2")),
+                );
+            });
+            let now = || {
+                chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z")
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+            };
+            let policy = LockPolicy {
+                first_backoff: std::time::Duration::from_millis(1),
+                ..LockPolicy::default()
+            };
+            acquire(&store, "n1", "default", "p2", policy, now, 7)
+                .await
+                .unwrap();
+            server.await.unwrap();
+        });
+    }
+
+    fn binding_args() -> crate::extender::ExtenderBindingArgs {
+        crate::extender::ExtenderBindingArgs {
+            pod_name: "ext-1".into(),
+            pod_namespace: "default".into(),
+            pod_uid: "5a53271d-20c3-4b39-b421-64490ff91216".into(),
+            node: "n1".into(),
+        }
+    }
+
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339("2026-11-23T06:00:01Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    }
+
+    /// A bind, call by call: lock the node, mark the pod allocating with its
+    /// bind time, create the Binding; the lock stays for the node agent.
+    #[test]
+    fn a_bind_takes_the_lock_marks_the_pod_and_binds() {
+        block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let client = Client::new(service, "default");
+            let locks = KubeLockStore::new(client.clone());
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node("5", None));
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(
+                    body["metadata"]["annotations"]["hami.io/mutex.lock"],
+                    "2026-11-23T06:00:01Z,default,ext-1"
+                );
+                respond(
+                    send,
+                    200,
+                    node("6", Some("2026-11-23T06:00:01Z,default,ext-1")),
+                );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1"),
+                    "{uri}"
+                );
+                assert_eq!(
+                    body,
+                    json!({"metadata": {"annotations": {
+                    "hami.io/bind-phase": "allocating", "hami.io/bind-time": "1795413601"}}})
+                );
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
+                );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1/binding"),
+                    "{uri}"
+                );
+                assert_eq!(
+                    body["target"],
+                    json!({"apiVersion": "v1", "kind": "Node", "name": "n1"})
+                );
+                assert_eq!(
+                    body["metadata"]["uid"],
+                    "5a53271d-20c3-4b39-b421-64490ff91216"
+                );
+                respond(
+                    send,
+                    201,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                );
+            });
+            bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
+                .await
+                .unwrap();
+            server.await.unwrap();
+        });
+    }
+
+    /// The Binding is refused: the pod is marked failed and the lock released.
+    #[test]
+    fn a_failed_bind_marks_the_pod_and_frees_the_node() {
+        block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let client = Client::new(service, "default");
+            let locks = KubeLockStore::new(client.clone());
+            let server = tokio::spawn(async move {
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, node("5", None));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    node("6", Some("2026-11-23T06:00:01Z,default,ext-1")),
+                );
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
+                );
+                let (m, _, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                respond(
+                    send,
+                    409,
+                    failure(409, "Conflict", "pod ext-1 is already assigned to node n2"),
+                );
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(
+                    body["metadata"]["annotations"]["hami.io/bind-phase"],
+                    "failed"
+                );
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
+                );
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(
+                    send,
+                    200,
+                    node("7", Some("2026-11-23T06:00:01Z,default,ext-1")),
+                );
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(body["metadata"]["resourceVersion"], "7");
+                assert!(
+                    body["metadata"]["annotations"]["hami.io/mutex.lock"].is_null(),
+                    "{body}"
+                );
+                respond(send, 200, node("8", None));
+            });
+            let err = bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
+                .await
+                .unwrap_err();
+            assert!(err.contains("already assigned"), "{err}");
+            server.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn filtering_failed_is_a_warning_on_the_pod() {
+        let e = warning_event(
+            "default",
+            "ext-1",
+            "u-1",
+            "FilteringFailed",
+            "2/2 CardInsufficientMemory",
+            at(),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v["involvedObject"],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "ext-1", "namespace": "default", "uid": "u-1"})
+        );
+        assert_eq!(
+            (v["type"].as_str(), v["reason"].as_str()),
+            (Some("Warning"), Some("FilteringFailed"))
+        );
+        assert_eq!(v["message"], "2/2 CardInsufficientMemory");
+        assert_eq!(v["source"]["component"], "hami-scheduler");
+        assert!(v["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("ext-1."));
+    }
+
+    #[test]
+    fn a_missing_node_and_a_missing_holder() {
+        block_on(async {
+            let (service, mut handle) = tower_test::mock::pair();
+            let store = KubeLockStore::new(Client::new(service, "default"));
+            let server = tokio::spawn(async move {
+                let not_found = |what: &str| failure(404, "NotFound", &format!("{what} not found"));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 404, not_found("nodes \"gone\""));
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 404, not_found("pods \"p1\""));
+            });
+            assert_eq!(
+                store.read("gone").await,
+                Err(crate::node_lock::LockError::NotFound("gone".into()))
+            );
+            assert_eq!(store.owner_needs_lock("default", "p1").await, Ok(false));
+            server.await.unwrap();
+        });
+    }
 }
