@@ -109,6 +109,37 @@ pub struct KubeCluster {
     pending: Arc<Mutex<Vec<PendingGrant>>>,
 }
 
+/// Keeps `writer`'s store in step with every `K` through a watch, bumping
+/// `generation` on each change so the state knows to rebuild.
+fn spawn_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, generation: Arc<AtomicU64>)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .inspect(move |_| {
+            generation.fetch_add(1, Ordering::Relaxed);
+        });
+    let kind = K::kind(&K::DynamicType::default()).to_lowercase();
+    tokio::spawn(stream.for_each(move |r| {
+        let kind = kind.clone();
+        async move {
+            if let Err(e) = r {
+                tracing::warn!("{kind} watch: {e}");
+            }
+        }
+    }));
+}
+
 impl KubeCluster {
     /// Starts the reflectors; the returned cluster is ready once both have
     /// listed everything once.
@@ -116,36 +147,16 @@ impl KubeCluster {
         let generation = Arc::new(AtomicU64::new(1));
         let (nodes, node_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
-        let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(node_writer)
-            .applied_objects()
-            .inspect({
-                let g = generation.clone();
-                move |_| {
-                    g.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(pod_writer)
-            .applied_objects()
-            .inspect({
-                let g = generation.clone();
-                move |_| {
-                    g.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        tokio::spawn(node_stream.for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::warn!("node watch: {e}");
-            }
-        }));
-        tokio::spawn(pod_stream.for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::warn!("pod watch: {e}");
-            }
-        }));
+        spawn_reflector(
+            Api::<Node>::all(client.clone()),
+            node_writer,
+            generation.clone(),
+        );
+        spawn_reflector(
+            Api::<Pod>::all(client.clone()),
+            pod_writer,
+            generation.clone(),
+        );
         let me = Arc::new(Self {
             client,
             nodes,

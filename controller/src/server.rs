@@ -92,6 +92,17 @@ pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
         .with_state(Arc::new(App { cluster, settings }))
 }
 
+/// A request body as `what`: an over-limit body keeps the rejection's status
+/// (413), malformed JSON is a 400; either way with a message for `Error`.
+fn decode<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, (StatusCode, String)> {
+    let body = body.map_err(|r| (r.status(), format!("request body: {r}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("malformed {what}: {e}")))
+}
+
 async fn bind_handler(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -99,18 +110,9 @@ async fn bind_handler(
     let reply = |status: StatusCode, error: String| {
         (status, Json(ExtenderBindingResult { error })).into_response()
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return reply(rejection.status(), format!("request body: {rejection}")),
-    };
-    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+    let args: ExtenderBindingArgs = match decode(body, "ExtenderBindingArgs") {
         Ok(a) => a,
-        Err(e) => {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                format!("malformed ExtenderBindingArgs: {e}"),
-            )
-        }
+        Err((status, message)) => return reply(status, message),
     };
     if app.settings.dry_run {
         return reply(StatusCode::OK, "dry run: not binding".into());
@@ -169,18 +171,9 @@ async fn filter_handler(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => return error(rejection.status(), format!("request body: {rejection}")),
-    };
-    let args: ExtenderArgs = match serde_json::from_slice(&body) {
+    let args: ExtenderArgs = match decode(body, "ExtenderArgs") {
         Ok(a) => a,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed ExtenderArgs: {e}"),
-            )
-        }
+        Err((status, message)) => return error(status, message),
     };
     let candidates = args.candidate_names();
     let request = match pod_request(&args.pod, &app.settings.vendor) {
