@@ -283,6 +283,31 @@ impl<'a> Simulation<'a> {
         out
     }
 
+    /// Places `pod` at its cheapest candidate (ties to the earlier node) and
+    /// records it there; false when no node can take it.
+    fn place(
+        &self,
+        cluster: &mut [SimNode],
+        pod: &PodRow,
+        policy: Policy,
+        cache: &mut FragmentationCache,
+    ) -> bool {
+        let best = self
+            .candidates(cluster, pod, policy, cache)
+            .into_iter()
+            .min_by(|a, b| a.cost.total_cmp(&b.cost).then(a.node.cmp(&b.node)));
+        let Some(c) = best else {
+            return false;
+        };
+        let node = &mut cluster[c.node];
+        node.cpu_free -= pod.cpu_milli;
+        node.memory_free -= pod.memory_mib;
+        for g in &c.grants {
+            node.node.devices[g.device].grant(g.memory_mib, g.cores);
+        }
+        true
+    }
+
     /// One run: arrivals for `seed`, placed by `policy`.
     pub fn run(&self, policy: Policy, seed: u64) -> RunResult {
         let capacity = self.capacity();
@@ -293,21 +318,10 @@ impl<'a> Simulation<'a> {
         let arrivals = self.arrivals(seed);
         for (n, pod) in arrivals.iter().enumerate() {
             requested += pod.gpu_request();
-            let best = self
-                .candidates(&cluster, pod, policy, &mut cache)
-                .into_iter()
-                .min_by(|a, b| a.cost.total_cmp(&b.cost).then(a.node.cmp(&b.node)));
-            match best {
-                Some(c) => {
-                    let node = &mut cluster[c.node];
-                    node.cpu_free -= pod.cpu_milli;
-                    node.memory_free -= pod.memory_mib;
-                    for g in &c.grants {
-                        node.node.devices[g.device].grant(g.memory_mib, g.cores);
-                    }
-                    allocated += pod.gpu_request();
-                }
-                None => failed += 1,
+            if self.place(&mut cluster, pod, policy, &mut cache) {
+                allocated += pod.gpu_request();
+            } else {
+                failed += 1;
             }
             if requested >= capacity {
                 return RunResult {
@@ -375,26 +389,14 @@ mod tests {
         let mut cluster = sim.cluster();
         let mut cache = FragmentationCache::default();
         for p in [&ps[0], &ps[0]] {
-            let best = sim
-                .candidates(&cluster, p, Policy::Fragmentation, &mut cache)
-                .into_iter()
-                .min_by(|a, b| a.cost.total_cmp(&b.cost).then(a.node.cmp(&b.node)))
-                .unwrap();
-            let g = best.grants[0];
-            cluster[best.node].node.devices[g.device].grant(g.memory_mib, g.cores);
+            assert!(sim.place(&mut cluster, p, Policy::Fragmentation, &mut cache));
         }
         let whole = sim.candidates(&cluster, &ps[1], Policy::Fragmentation, &mut cache);
         assert_eq!(whole.len(), 1, "one GPU is still whole");
         // Spread puts the halves on different GPUs and the whole task cannot run.
         let mut spread = sim.cluster();
         for p in [&ps[0], &ps[0]] {
-            let best = sim
-                .candidates(&spread, p, Policy::Spread, &mut cache)
-                .into_iter()
-                .min_by(|a, b| a.cost.total_cmp(&b.cost).then(a.node.cmp(&b.node)))
-                .unwrap();
-            let g = best.grants[0];
-            spread[best.node].node.devices[g.device].grant(g.memory_mib, g.cores);
+            assert!(sim.place(&mut spread, p, Policy::Spread, &mut cache));
         }
         assert!(sim
             .candidates(&spread, &ps[1], Policy::Spread, &mut cache)
