@@ -65,6 +65,16 @@ pub const NODE_NVIDIA_REGISTER: &str = "hami.io/node-nvidia-register";
 pub const NODE_NVIDIA_HANDSHAKE: &str = "hami.io/node-handshake";
 /// Devices an operator has taken out of scheduling (comma-separated UUIDs).
 pub const DEVICE_CORDON: &str = "hami.io/device-cordon";
+/// GPU pair link scores for topology-aware placement ([`crate::LinkScores`]).
+pub const NODE_NVIDIA_SCORE: &str = "hami.io/node-nvidia-score";
+/// `"true"` on an Ascend node whose NPUs may be shared in `hami-core` mode
+/// (raw MiB quotas enforced by the interposer instead of vNPU templates).
+pub const NODE_HAMI_VNPU_CORE: &str = "hami-vnpu-core";
+/// Vastai keeps its own register and handshake names.
+pub const NODE_VASTAI_REGISTER: &str = "hami.io/node-va-register";
+pub const NODE_VASTAI_HANDSHAKE: &str = "hami.io/node-handshake-va";
+/// The cloud instance type; AWS Neuron placement differs on `inf*` (a ring).
+pub const INSTANCE_TYPE_LABEL: &str = "node.kubernetes.io/instance-type";
 
 // ---- labels -----------------------------------------------------------------
 
@@ -121,6 +131,15 @@ impl VendorAnnotationKeys {
             devices_allocated: VGPU_DEVICES_ALLOCATED.to_owned(),
             node_register: NODE_NVIDIA_REGISTER.to_owned(),
             node_handshake: NODE_NVIDIA_HANDSHAKE.to_owned(),
+        }
+    }
+
+    /// Vastai: allocation keys from its common word, its own node keys.
+    pub fn vastai() -> Self {
+        Self {
+            node_register: NODE_VASTAI_REGISTER.to_owned(),
+            node_handshake: NODE_VASTAI_HANDSHAKE.to_owned(),
+            ..Self::for_common_word("Vastai")
         }
     }
 

@@ -45,7 +45,8 @@ pub struct VendorResources {
 }
 
 impl VendorResources {
-    fn new(name: &str, count: &str, memory: Option<&str>, cores: Option<&str>) -> Self {
+    /// A vendor's resource names: device count, and optionally memory and cores.
+    pub fn new(name: &str, count: &str, memory: Option<&str>, cores: Option<&str>) -> Self {
         Self {
             name: name.to_owned(),
             common_word: None,

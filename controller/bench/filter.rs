@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
 use hami_controller::schedule::device::{Device, Node};
-use hami_controller::schedule::filter::filter;
+use hami_controller::schedule::filter::{filter, Placing};
 use hami_controller::schedule::request::{ContainerRequest, MemoryRequest, PodRequest};
 use hami_controller::simulate::SplitMix64;
 
@@ -49,6 +49,7 @@ fn cluster(rng: &mut SplitMix64) -> Vec<Node> {
                     d
                 })
                 .collect(),
+            topology: Default::default(),
         })
         .collect()
 }
@@ -106,15 +107,11 @@ fn main() {
 
     let mut full = Vec::with_capacity(PODS);
     let mut placed = 0;
+    let placing = Placing::nvidia(NodeSchedulerPolicy::Binpack, GpuSchedulerPolicy::Binpack);
     let run = Instant::now();
     for p in &pods {
         let start = Instant::now();
-        let out = filter(
-            &nodes,
-            p,
-            NodeSchedulerPolicy::Binpack,
-            GpuSchedulerPolicy::Binpack,
-        );
+        let out = filter(&nodes, p, &placing);
         full.push(start.elapsed());
         if let Some(c) = out.chosen {
             c.fit.apply(&mut nodes[c.node]);

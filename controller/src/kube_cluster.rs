@@ -30,6 +30,8 @@ pub struct PendingGrant {
     pub namespace: String,
     pub name: String,
     pub node: String,
+    /// The annotation the decision is in (the family's `devices-allocated`).
+    pub key: String,
     pub allocation: String,
 }
 
@@ -66,7 +68,7 @@ pub fn overlay(
                     .metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(keys::VGPU_DEVICES_ALLOCATED))
+                    .and_then(|a| a.get(&p.key))
                     .is_some_and(|v| *v == p.allocation)
         });
         if arrived {
@@ -241,6 +243,13 @@ impl Cluster for KubeCluster {
         annotations: BTreeMap<String, String>,
     ) -> BoxFuture<'static, Result<(), String>> {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        // Every family's decision key ends the same way (NVIDIA's is
+        // `hami.io/vgpu-devices-allocated`).
+        let (key, allocation) = annotations
+            .iter()
+            .find(|(k, _)| k.ends_with("-devices-allocated"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap_or_default();
         let pending = PendingGrant {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -248,10 +257,8 @@ impl Cluster for KubeCluster {
                 .get(keys::VGPU_NODE)
                 .cloned()
                 .unwrap_or_default(),
-            allocation: annotations
-                .get(keys::VGPU_DEVICES_ALLOCATED)
-                .cloned()
-                .unwrap_or_default(),
+            key,
+            allocation,
         };
         let name = name.to_owned();
         let patch = annotation_patch(&annotations);
@@ -520,6 +527,7 @@ mod tests {
             namespace: "default".into(),
             name: name.into(),
             node: "n1".into(),
+            key: keys::VGPU_DEVICES_ALLOCATED.into(),
             allocation: "GPU-a,T4,3000,30:;".into(),
         }
     }

@@ -17,14 +17,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::future::BoxFuture;
 use hami_api::reasons::NODE_INSUFFICIENT_DEVICE;
-use hami_api::{keys, GpuSchedulerPolicy, NodeSchedulerPolicy, VendorResources};
+use hami_api::{keys, GpuSchedulerPolicy, NodeSchedulerPolicy};
 
 use crate::extender::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
 };
 use crate::schedule::device::Node;
-use crate::schedule::filter::filter;
-use crate::schedule::pod::pod_request;
+use crate::schedule::filter::{filter, Placing};
+use crate::schedule::fit::PodFit;
+use crate::schedule::pod::pod_request_any;
+use crate::schedule::vendor::{Family, VendorProfile};
 use crate::state::ClusterState;
 
 /// What the extender needs from the cluster.
@@ -53,7 +55,9 @@ pub trait Cluster: Send + Sync + 'static {
 pub struct Settings {
     /// Larger request bodies get 413 and a JSON error.
     pub body_limit: usize,
-    pub vendor: VendorResources,
+    /// The device families placed; a device's `vendor` indexes this list,
+    /// so it must be the list the cluster state was rebuilt with.
+    pub profiles: Vec<VendorProfile>,
     pub node_policy: NodeSchedulerPolicy,
     pub gpu_policy: GpuSchedulerPolicy,
     /// Decide, but write nothing (simulation).
@@ -64,7 +68,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             body_limit: 1 << 20,
-            vendor: VendorResources::nvidia(),
+            profiles: VendorProfile::defaults(),
             node_policy: NodeSchedulerPolicy::Binpack,
             gpu_policy: GpuSchedulerPolicy::Binpack,
             dry_run: false,
@@ -176,14 +180,13 @@ async fn filter_handler(
         Err((status, message)) => return error(status, message),
     };
     let candidates = args.candidate_names();
-    let request = match pod_request(&args.pod, &app.settings.vendor) {
-        Ok(r) => r,
+    let (vendor, request) = match pod_request_any(&args.pod, &app.settings.profiles) {
+        Ok(Some(r)) => r,
+        // Not ours: every candidate passes untouched.
+        Ok(None) => return Json(reply(&args, &candidates, BTreeMap::new())).into_response(),
         Err(e) => return error(StatusCode::OK, e.to_string()),
     };
-    if !request.asks_for_devices() {
-        // Not ours: every candidate passes untouched.
-        return Json(reply(&args, &candidates, BTreeMap::new())).into_response();
-    }
+    let profile = &app.settings.profiles[usize::from(vendor)];
     if !app.cluster.ready() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,7 +223,13 @@ async fn filter_handler(
         Err(e) => return error(StatusCode::OK, e),
     };
     let nodes: Vec<&Node> = known.iter().map(|(_, n)| *n).collect();
-    let outcome = filter(&nodes, &request, node_policy, gpu_policy);
+    let placing = Placing {
+        profile,
+        vendor,
+        node_policy,
+        gpu_policy,
+    };
+    let outcome = filter(&nodes, &request, &placing);
     for (i, reason) in &outcome.failed {
         failed.insert(known[*i].0.clone(), (*reason).to_owned());
     }
@@ -244,8 +253,8 @@ async fn filter_handler(
     // The scheduler gets exactly one node, the one the devices were chosen on;
     // the other fitting nodes are simply not returned.
     let node_name = known[chosen.node].0.clone();
-    let allocation = match chosen.fit.allocation(nodes[chosen.node]).encode() {
-        Ok(a) => a,
+    let decision = match decision(profile, &chosen.fit, nodes[chosen.node], &request) {
+        Ok(d) => d,
         Err(e) => return error(StatusCode::OK, format!("encoding the decision: {e}")),
     };
     if !app.settings.dry_run {
@@ -256,15 +265,9 @@ async fn filter_handler(
             .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
             .map(|c| c.name.clone())
             .collect();
-        let write: BTreeMap<String, String> = [
-            (keys::VGPU_DEVICES_TO_ALLOCATE, allocation.clone()),
-            (keys::VGPU_DEVICES_ALLOCATED, allocation),
-            (keys::VGPU_NODE, node_name.clone()),
-            (keys::CONTAINER_NAMES, containers.join(",")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut write = decision;
+        write.insert(keys::VGPU_NODE.to_owned(), node_name.clone());
+        write.insert(keys::CONTAINER_NAMES.to_owned(), containers.join(","));
         let result = app
             .cluster
             .annotate(
@@ -281,6 +284,75 @@ async fn filter_handler(
         }
     }
     Json(reply(&args, &[node_name], failed)).into_response()
+}
+
+/// One NPU's entry in `huawei.com/<word>`: field names, order and
+/// `omitempty` as HAMi's Ascend device plugin expects them.
+#[derive(serde::Serialize)]
+struct AscendRuntimeInfo<'a> {
+    #[serde(rename = "UUID")]
+    uuid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temp: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    memory: u64,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    core: u32,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The decision's annotations in `profile`'s keys (HAMi's encoding); for
+/// Ascend also `huawei.com/<word>`, the vNPU each NPU is cut into (template
+/// names), or the raw quota in `hami-core` mode, as HAMi's Ascend device
+/// plugin reads it.
+fn decision(
+    profile: &VendorProfile,
+    fit: &PodFit,
+    node: &Node,
+    request: &crate::schedule::request::PodRequest,
+) -> Result<BTreeMap<String, String>, hami_api::AllocationError> {
+    let allocation = fit.allocation(node).encode()?;
+    let mut out = BTreeMap::from([
+        (profile.keys.devices_to_allocate.clone(), allocation.clone()),
+        (profile.keys.devices_allocated.clone(), allocation),
+    ]);
+    if let (Family::Ascend(_), Some(word)) = (&profile.family, &profile.resources.common_word) {
+        let runtime: Vec<AscendRuntimeInfo> = fit
+            .slots
+            .iter()
+            .flatten()
+            .map(|g| {
+                let uuid = node.devices[g.device].uuid.as_str();
+                if request.hami_core {
+                    AscendRuntimeInfo {
+                        uuid,
+                        temp: None,
+                        memory: g.memory_mib,
+                        core: g.cores,
+                    }
+                } else {
+                    AscendRuntimeInfo {
+                        uuid,
+                        temp: profile.template_name(g.template),
+                        memory: 0,
+                        core: 0,
+                    }
+                }
+            })
+            .collect();
+        out.insert(
+            format!("huawei.com/{word}"),
+            serde_json::to_string(&runtime).expect("runtime info serialises"),
+        );
+    }
+    Ok(out)
 }
 
 /// The reply in the form kube-scheduler asked in: node names, or node objects.

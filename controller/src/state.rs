@@ -10,10 +10,12 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
-use hami_api::{keys, node_register, Handshake, PodAllocation};
+use hami_api::{keys, node_register, DeviceInfo, Handshake, LinkScores, PodAllocation, Quantity};
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 
-use crate::schedule::device::{Device, Node};
+use crate::schedule::device::{Device, Node, Topology};
+use crate::schedule::pod::NEURON_CORES_PER_DEVICE;
+use crate::schedule::vendor::{Family, VendorProfile};
 
 /// A `Requesting_` handshake older than this means the node agent is gone.
 pub const HANDSHAKE_TIMEOUT_SECONDS: i64 = 60;
@@ -53,12 +55,86 @@ fn holds_devices(pod: &Pod) -> bool {
     !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
+/// Whether the family's node agent still answers (see [`Handshake`]).
+fn agent_alive(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+    now: NaiveDateTime,
+    warn: &mut dyn FnMut(String),
+) -> bool {
+    if key.is_empty() {
+        return true;
+    }
+    match annotation(meta, key) {
+        // No handshake yet: the register annotation alone vouches for the node.
+        None => true,
+        Some(h) => match Handshake::decode(h) {
+            Ok(Handshake::Reported(_)) => true,
+            Ok(Handshake::Requesting(at)) => (now - at).num_seconds() <= HANDSHAKE_TIMEOUT_SECONDS,
+            Ok(Handshake::Deleted(_)) => false,
+            Err(e) => {
+                warn(e.to_string());
+                false
+            }
+        },
+    }
+}
+
+/// A string or number from a device's `custominfo` (HAMi's vendor extras).
+fn custom_info(info: &DeviceInfo, key: &str) -> Option<String> {
+    match info.extra.get("custominfo")?.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// AWS Neuron devices, from the node's capacity as the Neuron device plugin
+/// advertises it (HAMi reads them the same way; there is no register).
+fn neuron_devices(node: &KubeNode, name: &str, profile: &VendorProfile) -> Vec<Device> {
+    let capacity = |resource: &Option<String>| -> i64 {
+        resource
+            .as_ref()
+            .and_then(|r| node.status.as_ref()?.capacity.as_ref()?.get(r))
+            .and_then(|q| Quantity::parse(&q.0).ok()?.value_ceil().ok())
+            .unwrap_or(0)
+    };
+    let devices = capacity(&Some(profile.resources.resource_count_name.clone()));
+    if devices <= 0 {
+        return Vec::new();
+    }
+    let cores = capacity(&profile.resources.resource_core_name);
+    let per_device = u32::try_from(cores / devices)
+        .ok()
+        .filter(|c| *c > 0)
+        .unwrap_or(NEURON_CORES_PER_DEVICE);
+    (0..u32::try_from(devices.min(64)).unwrap_or(0))
+        .map(|i| Device {
+            cores: per_device,
+            split: per_device,
+            memory_mib: 0,
+            ..Device::new(format!("{name}-AWSNeuron-{i}"), i, "AWSNeuron", 0)
+        })
+        .collect()
+}
+
 impl ClusterState {
+    /// Rebuilds the state for HAMi's default families (NVIDIA first).
+    pub fn rebuild<N: Borrow<KubeNode>, P: Borrow<Pod>>(
+        nodes: &[N],
+        pods: &[P],
+        now: NaiveDateTime,
+    ) -> Self {
+        Self::rebuild_with(&VendorProfile::defaults(), nodes, pods, now)
+    }
+
     /// Rebuilds the state from the nodes and pods a reflector holds; `now`
-    /// is the scheduler's local time, as the handshake stamps are.
+    /// is the scheduler's local time, as the handshake stamps are. A device's
+    /// `vendor` is its family's place in `profiles`.
     /// Takes the objects as owned or shared (`Arc`, as a reflector store
     /// holds them), so a rebuild never copies the cluster.
-    pub fn rebuild<N: Borrow<KubeNode>, P: Borrow<Pod>>(
+    pub fn rebuild_with<N: Borrow<KubeNode>, P: Borrow<Pod>>(
+        profiles: &[VendorProfile],
         nodes: &[N],
         pods: &[P],
         now: NaiveDateTime,
@@ -68,54 +144,125 @@ impl ClusterState {
             let Some(name) = n.metadata.name.clone() else {
                 continue;
             };
-            let Some(register) = annotation(&n.metadata, keys::NODE_NVIDIA_REGISTER) else {
-                continue;
-            };
-            let infos = match node_register::decode(register) {
-                Ok(i) => i,
-                Err(e) => {
-                    state.warnings.push((format!("node/{name}"), e.to_string()));
-                    continue;
-                }
-            };
-            let cordoned: Vec<&str> = annotation(&n.metadata, keys::DEVICE_CORDON)
-                .map(|v| v.split(',').map(str::trim).collect())
-                .unwrap_or_default();
-            let agent_alive = match annotation(&n.metadata, keys::NODE_NVIDIA_HANDSHAKE) {
-                // No handshake yet: the register annotation alone vouches for the node.
-                None => true,
-                Some(h) => match Handshake::decode(h) {
-                    Ok(Handshake::Reported(_)) => true,
-                    Ok(Handshake::Requesting(at)) => {
-                        (now - at).num_seconds() <= HANDSHAKE_TIMEOUT_SECONDS
-                    }
-                    Ok(Handshake::Deleted(_)) => false,
-                    Err(e) => {
-                        state.warnings.push((format!("node/{name}"), e.to_string()));
-                        false
-                    }
-                },
-            };
-            let devices = infos
-                .iter()
-                .map(|info| {
-                    let mut d = Device::from_register(info);
-                    d.cordoned = cordoned.contains(&d.uuid.as_str());
-                    d.healthy &= agent_alive;
-                    d
-                })
-                .collect();
-            state.nodes.insert(name.clone(), Node { name, devices });
+            if let Some(node) = state.read_node(profiles, n, &name, now) {
+                state.nodes.insert(name, node);
+            }
         }
         for p in pods.iter().map(Borrow::borrow).filter(|p| holds_devices(p)) {
-            state.charge(p);
+            for profile in profiles {
+                state.charge(p, profile);
+            }
         }
         state
     }
 
-    /// Adds the devices `pod`'s annotations grant to its node's usage.
-    fn charge(&mut self, pod: &Pod) {
+    /// Every family's devices on one node, with its topology; `None` for a
+    /// node that registers none (or whose registers are all unreadable).
+    fn read_node(
+        &mut self,
+        profiles: &[VendorProfile],
+        n: &KubeNode,
+        name: &str,
+        now: NaiveDateTime,
+    ) -> Option<Node> {
+        let meta = &n.metadata;
+        let cordoned: Vec<&str> = annotation(meta, keys::DEVICE_CORDON)
+            .map(|v| v.split(',').map(str::trim).collect())
+            .unwrap_or_default();
+        let mut devices = Vec::new();
+        let mut vastai_dies = false;
+        for (vi, profile) in profiles.iter().enumerate() {
+            let vendor = u16::try_from(vi).unwrap_or(u16::MAX);
+            let mut found = if profile.family == Family::AwsNeuron {
+                neuron_devices(n, name, profile)
+            } else {
+                let Some(register) = annotation(meta, &profile.keys.node_register) else {
+                    continue;
+                };
+                let infos = match node_register::decode(register) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        self.warnings.push((format!("node/{name}"), e.to_string()));
+                        continue;
+                    }
+                };
+                if profile.family == Family::Vastai {
+                    vastai_dies = infos
+                        .iter()
+                        .any(|i| custom_info(i, "DeviceStrategy").as_deref() == Some("die"));
+                }
+                infos
+                    .iter()
+                    .map(|info| Device {
+                        group: custom_info(info, "AIC").or_else(|| custom_info(info, "NetworkID")),
+                        ..Device::from_register(info)
+                    })
+                    .collect()
+            };
+            let mut warn = |e: String| self.warnings.push((format!("node/{name}"), e));
+            let alive = agent_alive(meta, &profile.keys.node_handshake, now, &mut warn);
+            for d in &mut found {
+                d.vendor = vendor;
+                d.cordoned = cordoned.contains(&d.uuid.as_str());
+                d.healthy &= alive;
+            }
+            devices.extend(found);
+        }
+        if devices.is_empty() {
+            return None;
+        }
+        let mut node = Node::new(name, devices);
+        node.topology = Topology {
+            links: self.links(meta, name, &node.devices),
+            neuron_ring: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(keys::INSTANCE_TYPE_LABEL))
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with("inf")),
+            vnpu_core: annotation(meta, keys::NODE_HAMI_VNPU_CORE) == Some("true"),
+            vastai_dies,
+        };
+        Some(node)
+    }
+
+    /// The link score matrix by device position, from the node agent's
+    /// annotation (empty when absent or unreadable).
+    fn links(
+        &mut self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        name: &str,
+        devices: &[Device],
+    ) -> Vec<Vec<u32>> {
+        let Some(value) = annotation(meta, keys::NODE_NVIDIA_SCORE) else {
+            return Vec::new();
+        };
+        match LinkScores::decode(value) {
+            Ok(scores) if !scores.is_empty() => devices
+                .iter()
+                .map(|a| {
+                    devices
+                        .iter()
+                        .map(|b| scores.score(&a.uuid, &b.uuid))
+                        .collect()
+                })
+                .collect(),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                self.warnings.push((format!("node/{name}"), e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Adds the devices `pod`'s annotations grant (in `profile`'s keys) to
+    /// its node's usage.
+    fn charge(&mut self, pod: &Pod, profile: &VendorProfile) {
         let meta = &pod.metadata;
+        let Some(value) = annotation(meta, &profile.keys.devices_allocated)
+            .or_else(|| annotation(meta, &profile.keys.devices_to_allocate))
+        else {
+            return;
+        };
         let id = format!(
             "pod/{}/{}",
             meta.namespace.as_deref().unwrap_or_default(),
@@ -124,11 +271,6 @@ impl ClusterState {
         let Some(node_name) = annotation(meta, keys::VGPU_NODE)
             .map(str::to_owned)
             .or_else(|| pod.spec.as_ref().and_then(|s| s.node_name.clone()))
-        else {
-            return;
-        };
-        let Some(value) = annotation(meta, keys::VGPU_DEVICES_ALLOCATED)
-            .or_else(|| annotation(meta, keys::VGPU_DEVICES_TO_ALLOCATE))
         else {
             return;
         };
@@ -297,5 +439,76 @@ mod tests {
         assert!(!s.nodes.contains_key("bad"));
         assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
         assert!(s.nodes["n1"].devices.iter().all(|d| d.tasks == 0));
+    }
+
+    #[test]
+    fn every_family_registers_with_its_topology() {
+        let va = r#"[{"id":"va-0","count":4,"devmem":16384,"devcore":100,"type":"Vastai","health":true,"custominfo":{"AIC":"card-a","DeviceStrategy":"die"}},{"id":"va-1","index":1,"count":4,"devmem":16384,"devcore":100,"type":"Vastai","health":true,"custominfo":{"AIC":"card-a","DeviceStrategy":"die"}}]"#;
+        let c910 = r#"[{"id":"npu-0","count":1,"devmem":65536,"devcore":100,"type":"Ascend910C","health":true,"custominfo":{"NetworkID":7}}]"#;
+        let node: KubeNode = serde_json::from_value(json!({
+            "metadata": {"name": "mixed",
+                "labels": {"node.kubernetes.io/instance-type": "inf2.48xlarge"},
+                "annotations": {
+                    "hami.io/node-va-register": va,
+                    "hami.io/node-register-Ascend910C": c910,
+                    "hami-vnpu-core": "true",
+                    "hami.io/node-nvidia-register": REGISTER,
+                    "hami.io/node-nvidia-score": r#"[{"uuid":"GPU-a","score":{"GPU-b":600}}]"#,
+                    "hami.io/node-handshake-va": "Deleted_2026-11-23 04:00:00"}},
+            "status": {"capacity": {"aws.amazon.com/neuron": "3", "aws.amazon.com/neuroncore": "6"}}
+        }))
+        .unwrap();
+        let profiles = VendorProfile::defaults();
+        let s = ClusterState::rebuild_with(&profiles, &[node], &[] as &[Pod], now());
+        let n = &s.nodes["mixed"];
+        let family = |d: &Device| profiles[usize::from(d.vendor)].name().to_owned();
+        let summary: Vec<(String, String, Option<String>, bool)> = n
+            .devices
+            .iter()
+            .map(|d| (d.uuid.clone(), family(d), d.group.clone(), d.healthy))
+            .collect();
+        let want = |u: &str, f: &str, g: Option<&str>, h: bool| {
+            (u.to_owned(), f.to_owned(), g.map(str::to_owned), h)
+        };
+        assert_eq!(
+            summary,
+            vec![
+                want("GPU-a", "nvidia", None, true),
+                want("GPU-b", "nvidia", None, true),
+                want("npu-0", "Ascend910C", Some("7"), true),
+                want("mixed-AWSNeuron-0", "awsneuron", None, true),
+                want("mixed-AWSNeuron-1", "awsneuron", None, true),
+                want("mixed-AWSNeuron-2", "awsneuron", None, true),
+                // The Vastai agent said goodbye: its dies are out.
+                want("va-0", "vastai", Some("card-a"), false),
+                want("va-1", "vastai", Some("card-a"), false),
+            ]
+        );
+        let neuron = &n.devices[3];
+        assert_eq!((neuron.cores, neuron.split, neuron.memory_mib), (2, 2, 0));
+        assert!(n.topology.neuron_ring && n.topology.vnpu_core && n.topology.vastai_dies);
+        assert_eq!(n.topology.links[0][1], 600);
+        assert_eq!(n.topology.links[1][0], 600);
+        assert_eq!(n.topology.links[0][2], 0);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn ascend_usage_comes_from_its_own_keys() {
+        let c910 = r#"[{"id":"npu-0","count":4,"devmem":65536,"devcore":100,"type":"Ascend910B3","health":true}]"#;
+        let node: KubeNode = serde_json::from_value(json!({"metadata": {"name": "n1",
+            "annotations": {"hami.io/node-register-Ascend910B3": c910}}}))
+        .unwrap();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "annotations": {
+                "hami.io/vgpu-node": "n1",
+                "hami.io/Ascend910B3-devices-allocated": "npu-0,Ascend910B3,16384,25:;"}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        let s = ClusterState::rebuild(&[node], &[pod], now());
+        let d = &s.nodes["n1"].devices[0];
+        assert_eq!((d.used_memory_mib, d.used_cores, d.tasks), (16384, 25, 1));
     }
 }

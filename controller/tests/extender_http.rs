@@ -95,22 +95,38 @@ const REGISTER: &str =
 
 /// fake-node-1 already has 6000 MiB of its GPU taken; fake-node-2 is empty.
 fn cluster(ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
-    let node = |name: &str| -> k8s_openapi::api::core::v1::Node {
-        serde_json::from_value(json!({"metadata": {"name": name, "annotations": {
-            "hami.io/node-nvidia-register": REGISTER.replace("GPU-1", &format!("GPU-{name}"))}}}))
-        .unwrap()
+    let node = |name: &str| -> Value {
+        json!({"metadata": {"name": name, "annotations": {
+            "hami.io/node-nvidia-register": REGISTER.replace("GPU-1", &format!("GPU-{name}"))}}})
     };
-    let busy: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+    let busy = json!({
         "metadata": {"name": "busy", "namespace": "default", "annotations": {
             "hami.io/vgpu-node": "fake-node-1",
             "hami.io/vgpu-devices-allocated": "GPU-fake-node-1,NVIDIA-T4,6000,50:;"}},
         "spec": {"containers": [{"name": "c"}]},
         "status": {"phase": "Running"}
-    }))
-    .unwrap();
-    let state = ClusterState::rebuild(
+    });
+    cluster_of(
         &[node("fake-node-1"), node("fake-node-2")],
         &[busy],
+        ready,
+        fail_writes,
+    )
+}
+
+/// A synced cluster of these Node and Pod objects (as JSON).
+fn cluster_of(nodes: &[Value], pods: &[Value], ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
+    let nodes: Vec<k8s_openapi::api::core::v1::Node> = nodes
+        .iter()
+        .map(|n| serde_json::from_value(n.clone()).unwrap())
+        .collect();
+    let pods: Vec<k8s_openapi::api::core::v1::Pod> = pods
+        .iter()
+        .map(|p| serde_json::from_value(p.clone()).unwrap())
+        .collect();
+    let state = ClusterState::rebuild(
+        &nodes,
+        &pods,
         chrono::NaiveDate::from_ymd_opt(2026, 11, 23)
             .unwrap()
             .and_hms_opt(0, 0, 0)
@@ -448,5 +464,154 @@ fn metrics_show_the_busy_device_under_hami_names() {
         let line = r#"GPUDeviceMemoryAllocated{devicecores="50",deviceidx="0",deviceuuid="GPU-fake-node-1",nodeid="fake-node-1",zone="vGPU"} 6291456000"#;
         assert!(text.lines().any(|l| l == line), "{text}");
         assert!(text.contains(r#"podname="busy""#), "{text}");
+    });
+}
+
+/// Two NPU nodes: fake-node-1 with vNPU templates only, fake-node-2 also
+/// allowing `hami-core` mode; fake-node-2 has 4 NVIDIA GPUs with NVLink
+/// between 2 and 3 only.
+fn mixed_cluster() -> Arc<FakeCluster> {
+    let npus = |name: &str| {
+        json!([
+            {"id": format!("{name}-npu0"), "count": 4, "devmem": 65536, "devcore": 100, "type": "Ascend910B3", "health": true},
+            {"id": format!("{name}-npu1"), "index": 1, "count": 4, "devmem": 65536, "devcore": 100, "type": "Ascend910B3", "health": true}
+        ])
+        .to_string()
+    };
+    let gpus: Vec<Value> = (0..4)
+        .map(|i| json!({"id": format!("GPU-{i}"), "index": i, "count": 10, "devmem": 81920, "devcore": 100, "type": "NVIDIA-H100", "health": true}))
+        .collect();
+    let links = hami_api::LinkScores::from_pairs([
+        ("GPU-0", "GPU-1", 10),
+        ("GPU-0", "GPU-2", 10),
+        ("GPU-0", "GPU-3", 10),
+        ("GPU-1", "GPU-2", 10),
+        ("GPU-1", "GPU-3", 10),
+        ("GPU-2", "GPU-3", 1800),
+    ]);
+    cluster_of(
+        &[
+            json!({"metadata": {"name": "fake-node-1", "annotations": {
+                "hami.io/node-register-Ascend910B3": npus("fake-node-1")}}}),
+            json!({"metadata": {"name": "fake-node-2", "annotations": {
+                "hami.io/node-register-Ascend910B3": npus("fake-node-2"),
+                "hami-vnpu-core": "true",
+                "hami.io/node-nvidia-register": Value::Array(gpus).to_string(),
+                "hami.io/node-nvidia-score": links.encode()}}}),
+        ],
+        &[],
+        true,
+        false,
+    )
+}
+
+fn args_with(limits: Value, annotations: Value) -> Vec<u8> {
+    let mut args = fixture();
+    args["Pod"]["spec"]["containers"][0]["resources"]["limits"] = limits;
+    for (k, v) in annotations.as_object().unwrap() {
+        args["Pod"]["metadata"]["annotations"][k] = v.clone();
+    }
+    serde_json::to_vec(&args).unwrap()
+}
+
+#[test]
+fn ascend_pods_get_a_template_or_raw_memory_under_their_own_keys() {
+    runtime().block_on(async {
+        // Template mode: 10000 MiB rounds up to vir05_1c_16g (16384 MiB, 5 of
+        // 20 AI cores); spread puts it on the first node with the emptiest NPU.
+        let c = mixed_cluster();
+        let body = args_with(
+            json!({"huawei.com/Ascend910B3": "1", "huawei.com/Ascend910B3-memory": "10000"}),
+            json!({"hami.io/node-scheduler-policy": "spread"}),
+        );
+        let (status, reply) = post(c.clone(), Settings::default(), body).await;
+        assert_eq!(
+            (status, reply["Error"].as_str()),
+            (StatusCode::OK, Some("")),
+            "{reply}"
+        );
+        assert_eq!(node_names(&reply), vec!["fake-node-1"], "{reply}");
+        let ann = c.writes.lock().unwrap()[0].2.clone();
+        assert_eq!(
+            ann["hami.io/Ascend910B3-devices-allocated"],
+            "fake-node-1-npu0,Ascend910B3,16384,25:;"
+        );
+        assert_eq!(
+            ann["hami.io/Ascend910B3-devices-to-allocate"],
+            ann["hami.io/Ascend910B3-devices-allocated"]
+        );
+        assert_eq!(
+            ann["huawei.com/Ascend910B3"],
+            r#"[{"UUID":"fake-node-1-npu0","temp":"vir05_1c_16g"}]"#
+        );
+        assert!(!ann.contains_key("hami.io/vgpu-devices-allocated"));
+
+        // hami-core mode: raw MiB, and only the node that allows it.
+        let c = mixed_cluster();
+        let body = args_with(
+            json!({"huawei.com/Ascend910B3": "1", "huawei.com/Ascend910B3-memory": "10000",
+                   "huawei.com/Ascend910B3-core": "30"}),
+            json!({"huawei.com/vnpu-mode": "hami-core"}),
+        );
+        let (_, reply) = post(c.clone(), Settings::default(), body).await;
+        assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
+        assert_eq!(
+            reply["FailedNodes"]["fake-node-1"], "NodeUnfitPod",
+            "{reply}"
+        );
+        let writes = c.writes.lock().unwrap();
+        assert_eq!(
+            writes[0].2["huawei.com/Ascend910B3"],
+            r#"[{"UUID":"fake-node-2-npu0","memory":10000,"core":30}]"#
+        );
+    });
+}
+
+#[test]
+fn topology_aware_pods_get_the_nvlinked_pair() {
+    runtime().block_on(async {
+        let c = mixed_cluster();
+        let body = args_with(
+            json!({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "1000"}),
+            json!({"hami.io/gpu-scheduler-policy": "topology-aware"}),
+        );
+        let (_, reply) = post(c.clone(), Settings::default(), body).await;
+        assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
+        // fake-node-1 has no NVIDIA devices at all.
+        assert_eq!(
+            reply["FailedNodes"]["fake-node-1"],
+            "NodeInsufficientDevice"
+        );
+        assert_eq!(
+            c.writes.lock().unwrap()[0].2["hami.io/vgpu-devices-allocated"],
+            "GPU-2,NVIDIA-H100,1000,0:GPU-3,NVIDIA-H100,1000,0:;"
+        );
+        // Binpack alone takes the first two.
+        let c = mixed_cluster();
+        let body = args_with(
+            json!({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "1000"}),
+            json!({}),
+        );
+        post(c.clone(), Settings::default(), body).await;
+        assert_eq!(
+            c.writes.lock().unwrap()[0].2["hami.io/vgpu-devices-allocated"],
+            "GPU-0,NVIDIA-H100,1000,0:GPU-1,NVIDIA-H100,1000,0:;"
+        );
+    });
+}
+
+#[test]
+fn a_pod_asking_for_two_families_is_refused() {
+    runtime().block_on(async {
+        let c = mixed_cluster();
+        let body = args_with(
+            json!({"nvidia.com/gpu": "1", "huawei.com/Ascend910B3": "1"}),
+            json!({}),
+        );
+        let (status, reply) = post(c.clone(), Settings::default(), body).await;
+        assert_eq!(status, StatusCode::OK);
+        let e = reply["Error"].as_str().unwrap();
+        assert!(e.contains("nvidia") && e.contains("Ascend910B3"), "{e}");
+        assert!(c.writes.lock().unwrap().is_empty());
     });
 }

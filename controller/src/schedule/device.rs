@@ -23,6 +23,11 @@ pub struct Device {
     pub used_memory_mib: u64,
     pub used_cores: u32,
     pub tasks: u32,
+    /// Which family registered it: its place in the scheduler's vendor profiles.
+    pub vendor: u16,
+    /// The physical group the device sits in, where placement cares: a
+    /// Vastai die's card (AIC), an Ascend 910C NPU's SuperPod network.
+    pub group: Option<String>,
 }
 
 impl Device {
@@ -47,6 +52,8 @@ impl Device {
             used_memory_mib: 0,
             used_cores: 0,
             tasks: 0,
+            vendor: 0,
+            group: None,
         }
     }
 
@@ -65,6 +72,8 @@ impl Device {
             used_memory_mib: 0,
             used_cores: 0,
             tasks: 0,
+            vendor: 0,
+            group: None,
         }
     }
 
@@ -77,14 +86,15 @@ impl Device {
     }
 
     /// Fraction in use, the larger of memory and compute; 0 for a device
-    /// that advertises no memory or no cores (it is never a candidate).
+    /// that advertises no cores (it is never a candidate). A device without
+    /// memory (AWS Neuron) is loaded by its compute alone.
     pub fn load(&self) -> f64 {
-        if self.memory_mib == 0 || self.cores == 0 {
-            return 0.0;
-        }
-        let memory = self.used_memory_mib as f64 / self.memory_mib as f64;
-        let cores = f64::from(self.used_cores) / f64::from(self.cores);
-        memory.max(cores).clamp(0.0, 1.0)
+        share(
+            self.used_memory_mib,
+            self.memory_mib,
+            self.used_cores,
+            self.cores,
+        )
     }
 
     pub fn grant(&mut self, memory_mib: u64, cores: u32) {
@@ -94,14 +104,49 @@ impl Device {
     }
 }
 
+fn share(used_memory: u64, memory: u64, used_cores: u32, cores: u32) -> f64 {
+    if cores == 0 {
+        return 0.0;
+    }
+    let c = f64::from(used_cores) / f64::from(cores);
+    let m = if memory == 0 {
+        0.0
+    } else {
+        used_memory as f64 / memory as f64
+    };
+    m.max(c).clamp(0.0, 1.0)
+}
+
+/// What a node tells about how its devices are wired, for placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Pair link scores by position in `Node::devices` (empty: unknown).
+    pub links: Vec<Vec<u32>>,
+    /// AWS Inferentia devices form a ring: any run of neighbours, wrapping.
+    pub neuron_ring: bool,
+    /// The node allows Ascend `hami-core` mode (`hami-vnpu-core: "true"`).
+    pub vnpu_core: bool,
+    /// Vastai devices are dies (`DeviceStrategy: die`).
+    pub vastai_dies: bool,
+}
+
 /// A node's schedulable state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
     pub devices: Vec<Device>,
+    pub topology: Topology,
 }
 
 impl Node {
+    pub fn new(name: impl Into<String>, devices: Vec<Device>) -> Self {
+        Self {
+            name: name.into(),
+            devices,
+            topology: Topology::default(),
+        }
+    }
+
     /// The node's load: device loads averaged over its usable devices.
     pub fn load(&self) -> f64 {
         self.load_with(&[])
@@ -111,9 +156,15 @@ impl Node {
     /// cores) granted on top, without building that node: scoring every
     /// candidate placement stays allocation-free.
     pub fn load_with(&self, extra: &[(usize, u64, u32)]) -> f64 {
+        self.load_of(None, extra)
+    }
+
+    /// [`Node::load_with`] over one family's devices only (`Some(vendor)`):
+    /// a node's idle GPUs say nothing about how full its NPUs are.
+    pub fn load_of(&self, vendor: Option<u16>, extra: &[(usize, u64, u32)]) -> f64 {
         let (mut sum, mut usable) = (0.0, 0usize);
         for (i, d) in self.devices.iter().enumerate() {
-            if d.memory_mib == 0 || d.cores == 0 {
+            if d.cores == 0 || vendor.is_some_and(|v| v != d.vendor) {
                 continue;
             }
             let (mut memory, mut cores) = (d.used_memory_mib, d.used_cores);
@@ -121,9 +172,7 @@ impl Node {
                 memory = memory.saturating_add(*m);
                 cores = cores.saturating_add(*c);
             }
-            let m = memory as f64 / d.memory_mib as f64;
-            let c = f64::from(cores) / f64::from(d.cores);
-            sum += m.max(c).clamp(0.0, 1.0);
+            sum += share(memory, d.memory_mib, cores, d.cores);
             usable += 1;
         }
         if usable == 0 {
@@ -149,13 +198,16 @@ mod tests {
         assert_eq!(d.load(), 0.5);
         d.grant(500, 0);
         assert_eq!(d.load(), 0.75);
-        let empty = device(1, 0);
+        let mut empty = device(1, 0);
+        empty.cores = 0;
         assert_eq!(empty.load(), 0.0);
-        let node = Node {
-            name: "n".into(),
-            devices: vec![empty],
-        };
+        let node = Node::new("n", vec![empty]);
         assert_eq!(node.load(), 0.0);
+        // No memory (a Neuron device): loaded by its cores.
+        let mut neuron = device(2, 0);
+        neuron.cores = 2;
+        neuron.grant(0, 1);
+        assert_eq!(neuron.load(), 0.5);
     }
 
     #[test]

@@ -7,9 +7,10 @@ use std::borrow::Borrow;
 use hami_api::{FailureReasons, GpuSchedulerPolicy, NodeSchedulerPolicy};
 
 use super::device::Node;
-use super::fit::{fit_pod, DeviceOrder, PodFit};
+use super::fit::{fit_pod, DeviceOrder, FitContext, PodFit};
 use super::request::PodRequest;
 use super::score::score_for_load;
+use super::vendor::VendorProfile;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chosen {
@@ -40,27 +41,61 @@ impl FilterOutcome {
 pub fn device_order(policy: GpuSchedulerPolicy) -> DeviceOrder {
     match policy {
         GpuSchedulerPolicy::Spread => DeviceOrder::Spread,
-        // Topology-aware placement is not built yet; within a node it packs.
+        // Topology-aware packs, then lays multi-device requests out by links.
         GpuSchedulerPolicy::Binpack | GpuSchedulerPolicy::TopologyAware => DeviceOrder::Binpack,
     }
 }
 
-/// Fits `pod` on every node and picks the best by `node_policy` (ties go to
-/// the earlier node, so the outcome does not depend on hash order). Nodes
+/// What one pod is placed as: its family and the policies that rank nodes
+/// and devices.
+#[derive(Debug, Clone, Copy)]
+pub struct Placing<'a> {
+    pub profile: &'a VendorProfile,
+    pub vendor: u16,
+    pub node_policy: NodeSchedulerPolicy,
+    pub gpu_policy: GpuSchedulerPolicy,
+}
+
+impl Placing<'_> {
+    pub fn nvidia(
+        node_policy: NodeSchedulerPolicy,
+        gpu_policy: GpuSchedulerPolicy,
+    ) -> Placing<'static> {
+        let ctx = FitContext::nvidia(DeviceOrder::Binpack);
+        Placing {
+            profile: ctx.profile,
+            vendor: 0,
+            node_policy,
+            gpu_policy,
+        }
+    }
+
+    fn fit_context(&self) -> FitContext<'_> {
+        FitContext {
+            profile: self.profile,
+            vendor: self.vendor,
+            order: device_order(self.gpu_policy),
+            topology_aware: self.gpu_policy == GpuSchedulerPolicy::TopologyAware,
+            hami_core: false,
+        }
+    }
+}
+
+/// Fits `pod` on every node and picks the best by the node policy (ties go
+/// to the earlier node, so the outcome does not depend on hash order). Nodes
 /// may be owned or borrowed from the cluster view: nothing is copied.
-pub fn filter<N: Borrow<Node>>(
-    nodes: &[N],
-    pod: &PodRequest,
-    node_policy: NodeSchedulerPolicy,
-    gpu_policy: GpuSchedulerPolicy,
-) -> FilterOutcome {
-    let order = device_order(gpu_policy);
+pub fn filter<N: Borrow<Node>>(nodes: &[N], pod: &PodRequest, placing: &Placing) -> FilterOutcome {
+    let ctx = placing.fit_context();
+    let node_policy = placing.node_policy;
     let mut chosen: Option<Chosen> = None;
     let mut failed = Vec::new();
     for (i, node) in nodes.iter().map(Borrow::borrow).enumerate() {
-        match fit_pod(node, pod, order) {
+        match fit_pod(node, pod, &ctx) {
             Ok(fit) => {
-                let score = score_for_load(node.load_with(&fit.lasting()), node_policy);
+                let score = score_for_load(
+                    node.load_of(Some(placing.vendor), &fit.lasting()),
+                    node_policy,
+                );
                 if chosen.as_ref().is_none_or(|c| score > c.score) {
                     chosen = Some(Chosen {
                         node: i,
@@ -95,6 +130,7 @@ mod tests {
                     d
                 })
                 .collect(),
+            topology: Default::default(),
         }
     }
 
@@ -120,8 +156,7 @@ mod tests {
         let b = filter(
             &nodes,
             &p,
-            NodeSchedulerPolicy::Binpack,
-            GpuSchedulerPolicy::Binpack,
+            &Placing::nvidia(NodeSchedulerPolicy::Binpack, GpuSchedulerPolicy::Binpack),
         );
         assert_eq!(b.chosen.as_ref().unwrap().node, 1);
         assert_eq!(
@@ -132,15 +167,13 @@ mod tests {
         let s = filter(
             &nodes,
             &p,
-            NodeSchedulerPolicy::Spread,
-            GpuSchedulerPolicy::Binpack,
+            &Placing::nvidia(NodeSchedulerPolicy::Spread, GpuSchedulerPolicy::Binpack),
         );
         assert_eq!(s.chosen.unwrap().node, 0);
         let none = filter(
             &nodes,
             &pod(20_000),
-            NodeSchedulerPolicy::Binpack,
-            GpuSchedulerPolicy::Spread,
+            &Placing::nvidia(NodeSchedulerPolicy::Binpack, GpuSchedulerPolicy::Spread),
         );
         assert!(none.chosen.is_none());
         assert_eq!(none.reasons(3).encode(), "3/3 CardInsufficientMemory");
@@ -152,8 +185,7 @@ mod tests {
         let out = filter(
             &nodes,
             &pod(3000),
-            NodeSchedulerPolicy::Binpack,
-            GpuSchedulerPolicy::Binpack,
+            &Placing::nvidia(NodeSchedulerPolicy::Binpack, GpuSchedulerPolicy::Binpack),
         );
         let c = out.chosen.unwrap();
         assert_eq!(

@@ -4,8 +4,10 @@
 use hami_api::reasons;
 use hami_api::{ContainerDevice, PodAllocation};
 
-use super::device::{Device, Node};
+use super::device::{Device, Node, Topology};
+use super::placement::{self, Candidates};
 use super::request::{ContainerRequest, PodRequest, Selection};
+use super::vendor::{Sized, VendorProfile};
 
 /// Which of a node's fitting devices a container gets first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,43 +24,94 @@ pub struct Grant {
     pub device: usize,
     pub memory_mib: u64,
     pub cores: u32,
+    /// The Ascend vNPU template the memory was rounded up to, if any.
+    pub template: Option<usize>,
 }
 
-/// Why `device` cannot take `req`, or `None` when it can.
+/// What a fit depends on besides the devices and the request: the family
+/// being placed and the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct FitContext<'a> {
+    pub profile: &'a VendorProfile,
+    /// The profile's place in the scheduler's list; devices of other
+    /// families on the same node are not candidates.
+    pub vendor: u16,
+    pub order: DeviceOrder,
+    /// `topology-aware`: place by link scores where the node publishes them.
+    pub topology_aware: bool,
+    /// Ascend `hami-core` mode: raw MiB instead of templates.
+    pub hami_core: bool,
+}
+
+impl FitContext<'_> {
+    /// NVIDIA with the given order: the simulator's and most tests' context.
+    pub fn nvidia(order: DeviceOrder) -> FitContext<'static> {
+        static NVIDIA: std::sync::OnceLock<VendorProfile> = std::sync::OnceLock::new();
+        FitContext {
+            profile: NVIDIA.get_or_init(VendorProfile::nvidia),
+            vendor: 0,
+            order,
+            topology_aware: false,
+            hami_core: false,
+        }
+    }
+}
+
+/// Why `device` cannot take `req` (NVIDIA sizing), or `None` when it can.
 pub fn reject(device: &Device, req: &ContainerRequest, sel: &Selection) -> Option<&'static str> {
+    size_on(device, req, sel, &FitContext::nvidia(DeviceOrder::Binpack)).err()
+}
+
+/// What `device` would grant `req`, or HAMi's reason it cannot.
+pub fn size_on(
+    device: &Device,
+    req: &ContainerRequest,
+    sel: &Selection,
+    ctx: &FitContext,
+) -> Result<Sized, &'static str> {
     if !device.healthy || device.cordoned {
-        return Some(reasons::CARD_NOT_HEALTH);
+        return Err(reasons::CARD_NOT_HEALTH);
     }
     if !sel.type_allowed(&device.kind) {
-        return Some(reasons::CARD_TYPE_MISMATCH);
+        return Err(reasons::CARD_TYPE_MISMATCH);
     }
     if !sel.uuid_allowed(&device.uuid) {
-        return Some(reasons::CARD_UUID_MISMATCH);
+        return Err(reasons::CARD_UUID_MISMATCH);
     }
     // A device that advertises no memory or no compute would divide by zero
     // in every score: it is never a candidate.
-    if device.memory_mib == 0 {
-        return Some(reasons::CARD_INSUFFICIENT_MEMORY);
+    if device.memory_mib == 0 && ctx.profile.manages_memory() {
+        return Err(reasons::CARD_INSUFFICIENT_MEMORY);
     }
     if device.cores == 0 {
-        return Some(reasons::CARD_INSUFFICIENT_CORE);
+        return Err(reasons::CARD_INSUFFICIENT_CORE);
     }
     if device.tasks >= device.split {
-        return Some(reasons::CARD_TIME_SLICING_EXHAUSTED);
+        return Err(reasons::CARD_TIME_SLICING_EXHAUSTED);
     }
-    if req.memory.on(device.memory_mib) > device.free_memory_mib() {
-        return Some(reasons::CARD_INSUFFICIENT_MEMORY);
+    let sized = ctx
+        .profile
+        .size(
+            req.memory.on(device.memory_mib),
+            req.cores,
+            device.memory_mib,
+            device.cores,
+            ctx.hami_core,
+        )
+        .ok_or(reasons::CARD_INSUFFICIENT_MEMORY)?;
+    if sized.memory_mib > device.free_memory_mib() {
+        return Err(reasons::CARD_INSUFFICIENT_MEMORY);
     }
-    if req.exclusive() && device.tasks > 0 {
-        return Some(reasons::EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT);
+    if ctx.profile.cores_are_percent() && req.exclusive() && device.tasks > 0 {
+        return Err(reasons::EXCLUSIVE_DEVICE_ALLOCATE_CONFLICT);
     }
     if device.used_cores >= device.cores {
-        return Some(reasons::CARD_COMPUTE_UNITS_EXHAUSTED);
+        return Err(reasons::CARD_COMPUTE_UNITS_EXHAUSTED);
     }
-    if req.cores.min(device.cores) > device.free_cores() {
-        return Some(reasons::CARD_INSUFFICIENT_CORE);
+    if sized.cores > device.free_cores() {
+        return Err(reasons::CARD_INSUFFICIENT_CORE);
     }
-    None
+    Ok(sized)
 }
 
 fn most_common(rejections: &[&'static str]) -> Option<&'static str> {
@@ -72,64 +125,74 @@ fn most_common(rejections: &[&'static str]) -> Option<&'static str> {
     best.map(|(r, _)| r)
 }
 
-/// The devices one container gets on `devices`, in the order's preference.
+/// The devices one container gets on `devices`, in the order's preference,
+/// laid out as the family needs (see `placement`).
 pub fn fit_container(
     devices: &[Device],
+    topology: &Topology,
     req: &ContainerRequest,
     sel: &Selection,
-    order: DeviceOrder,
+    ctx: &FitContext,
 ) -> Result<Vec<Grant>, &'static str> {
     let count = req.count as usize;
     if count == 0 {
         return Ok(Vec::new());
     }
-    if devices.len() < count {
+    let ours = |d: &&Device| d.vendor == ctx.vendor;
+    if devices.iter().filter(ours).count() < count {
         return Err(reasons::NODE_INSUFFICIENT_DEVICE);
     }
-    let mut fitting: Vec<usize> = (0..devices.len())
-        .filter(|i| reject(&devices[*i], req, sel).is_none())
+    let mut fitting: Vec<(usize, Sized)> = devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.vendor == ctx.vendor)
+        .filter_map(|(i, d)| size_on(d, req, sel, ctx).ok().map(|s| (i, s)))
         .collect();
     // Stable sort: equal loads keep the node's device order.
-    fitting.sort_by(|a, b| {
+    fitting.sort_by(|(a, _), (b, _)| {
         let (la, lb) = (devices[*a].load(), devices[*b].load());
-        match order {
+        match ctx.order {
             DeviceOrder::Binpack => lb.total_cmp(&la),
             DeviceOrder::Spread => la.total_cmp(&lb),
         }
     });
     if fitting.len() < count {
         // The reasons are only worth collecting for a node that fails.
-        let rejections: Vec<&'static str> =
-            devices.iter().filter_map(|d| reject(d, req, sel)).collect();
+        let rejections: Vec<&'static str> = devices
+            .iter()
+            .filter(ours)
+            .filter_map(|d| size_on(d, req, sel, ctx).err())
+            .collect();
         return Err(
             most_common(&rejections).unwrap_or(reasons::ALLOCATED_CARDS_INSUFFICIENT_REQUEST)
         );
     }
-    let chosen: Vec<usize> = if sel.numa_bind {
-        // The first NUMA node, in preference order, that holds enough of them.
-        let mut found = None;
-        for &first in &fitting {
-            let numa = devices[first].numa;
-            let same: Vec<usize> = fitting
-                .iter()
-                .copied()
-                .filter(|i| devices[*i].numa == numa)
-                .collect();
-            if same.len() >= count {
-                found = Some(same[..count].to_vec());
-                break;
-            }
-        }
-        found.ok_or(reasons::NUMA_NOT_FIT)?
-    } else {
-        fitting[..count].to_vec()
-    };
+    let positions: Vec<usize> = fitting.iter().map(|(i, _)| *i).collect();
+    let chosen = placement::choose(
+        &Candidates {
+            devices,
+            topology,
+            fitting: &positions,
+            count,
+            numa_bind: sel.numa_bind,
+        },
+        &ctx.profile.family,
+        ctx.topology_aware,
+    )?;
     Ok(chosen
         .into_iter()
-        .map(|i| Grant {
-            device: i,
-            memory_mib: req.memory.on(devices[i].memory_mib),
-            cores: req.cores.min(devices[i].cores),
+        .map(|i| {
+            let sized = fitting
+                .iter()
+                .find(|(at, _)| *at == i)
+                .map(|(_, s)| *s)
+                .expect("placement chooses among the fitting devices");
+            Grant {
+                device: i,
+                memory_mib: sized.memory_mib,
+                cores: sized.cores,
+                template: sized.template,
+            }
         })
         .collect())
 }
@@ -187,12 +250,26 @@ impl PodFit {
 /// Fits every container: init containers one at a time against the node as it
 /// is (they run before the app containers and one after another, so the pod
 /// needs their peak), app containers cumulatively.
-pub fn fit_pod(node: &Node, pod: &PodRequest, order: DeviceOrder) -> Result<PodFit, &'static str> {
+pub fn fit_pod(node: &Node, pod: &PodRequest, ctx: &FitContext) -> Result<PodFit, &'static str> {
+    if pod.hami_core && !node.topology.vnpu_core {
+        // hami-core mode needs the node's interposer, which it advertises.
+        return Err(reasons::NODE_UNFIT_POD);
+    }
+    let ctx = &FitContext {
+        hami_core: pod.hami_core,
+        ..*ctx
+    };
     let mut slots = Vec::with_capacity(pod.init.len() + pod.app.len());
     for req in &pod.init {
         match req {
             None => slots.push(Vec::new()),
-            Some(r) => slots.push(fit_container(&node.devices, r, &pod.selection, order)?),
+            Some(r) => slots.push(fit_container(
+                &node.devices,
+                &node.topology,
+                r,
+                &pod.selection,
+                ctx,
+            )?),
         }
     }
     // Only a second device-using app container needs to see the first one's
@@ -203,7 +280,7 @@ pub fn fit_pod(node: &Node, pod: &PodRequest, order: DeviceOrder) -> Result<PodF
             None => Vec::new(),
             Some(r) => {
                 let devices = working.as_deref().unwrap_or(&node.devices);
-                fit_container(devices, r, &pod.selection, order)?
+                fit_container(devices, &node.topology, r, &pod.selection, ctx)?
             }
         };
         if !grants.is_empty() {
@@ -225,15 +302,27 @@ mod tests {
     use super::*;
     use crate::schedule::request::MemoryRequest;
 
+    fn fit_nvidia(
+        devices: &[Device],
+        r: &ContainerRequest,
+        sel: &Selection,
+        order: DeviceOrder,
+    ) -> Result<Vec<Grant>, &'static str> {
+        fit_container(
+            devices,
+            &Topology::default(),
+            r,
+            sel,
+            &FitContext::nvidia(order),
+        )
+    }
+
     fn device(index: u32, memory_mib: u64) -> Device {
         Device::new(format!("GPU-{index}"), index, "NVIDIA-A100", memory_mib)
     }
 
     fn node(devices: Vec<Device>) -> Node {
-        Node {
-            name: "n".into(),
-            devices,
-        }
+        Node::new("n", devices)
     }
 
     fn req(count: u32, mib: u64, cores: u32) -> ContainerRequest {
@@ -308,7 +397,7 @@ mod tests {
             tweak(&mut d);
             assert_eq!(reject(&d, &r, &sel), Some(want), "case {i}");
             assert_eq!(
-                fit_container(&[d], &r, &sel, DeviceOrder::Binpack),
+                fit_nvidia(&[d], &r, &sel, DeviceOrder::Binpack),
                 Err(want),
                 "case {i}"
             );
@@ -330,7 +419,7 @@ mod tests {
             Some(reasons::CARD_UUID_MISMATCH)
         );
         assert_eq!(
-            fit_container(
+            fit_nvidia(
                 &[device(0, 8000)],
                 &req(2, 1, 1),
                 &Selection::default(),
@@ -346,9 +435,9 @@ mod tests {
         devices[1].grant(4000, 50);
         let sel = Selection::default();
         let r = req(1, 1000, 10);
-        let b = fit_container(&devices, &r, &sel, DeviceOrder::Binpack).unwrap();
+        let b = fit_nvidia(&devices, &r, &sel, DeviceOrder::Binpack).unwrap();
         assert_eq!(b[0].device, 1);
-        let s = fit_container(&devices, &r, &sel, DeviceOrder::Spread).unwrap();
+        let s = fit_nvidia(&devices, &r, &sel, DeviceOrder::Spread).unwrap();
         assert_eq!(s[0].device, 0);
     }
 
@@ -364,13 +453,13 @@ mod tests {
             numa_bind: true,
             ..Selection::default()
         };
-        let g = fit_container(&devices, &req(2, 1000, 10), &sel, DeviceOrder::Binpack).unwrap();
+        let g = fit_nvidia(&devices, &req(2, 1000, 10), &sel, DeviceOrder::Binpack).unwrap();
         assert_eq!(g.iter().map(|g| g.device).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(
-            fit_container(&devices, &req(3, 1000, 10), &sel, DeviceOrder::Binpack),
+            fit_nvidia(&devices, &req(3, 1000, 10), &sel, DeviceOrder::Binpack),
             Err(reasons::NUMA_NOT_FIT)
         );
-        assert!(fit_container(
+        assert!(fit_nvidia(
             &devices,
             &req(3, 1000, 10),
             &Selection::default(),
@@ -387,7 +476,7 @@ mod tests {
             memory: MemoryRequest::Percent(25),
             cores: 100,
         };
-        let g = fit_container(&devices, &r, &Selection::default(), DeviceOrder::Binpack).unwrap();
+        let g = fit_nvidia(&devices, &r, &Selection::default(), DeviceOrder::Binpack).unwrap();
         assert_eq!((g[0].memory_mib, g[0].cores), (20000, 100));
     }
 
@@ -401,7 +490,7 @@ mod tests {
             app: vec![Some(req(1, 3000, 0)), None, Some(req(1, 4000, 0))],
             ..PodRequest::default()
         };
-        let fit = fit_pod(&n, &pod, DeviceOrder::Binpack).unwrap();
+        let fit = fit_pod(&n, &pod, &FitContext::nvidia(DeviceOrder::Binpack)).unwrap();
         assert_eq!(fit.slots.len(), 6);
         assert!(
             fit.slots[1].is_empty() && fit.slots[4].is_empty(),
@@ -423,9 +512,14 @@ mod tests {
             ..PodRequest::default()
         };
         assert_eq!(
-            fit_pod(&n, &too_much, DeviceOrder::Binpack),
+            fit_pod(&n, &too_much, &FitContext::nvidia(DeviceOrder::Binpack)),
             Err(reasons::CARD_INSUFFICIENT_MEMORY)
         );
-        assert!(fit_pod(&n, &one(req(1, 8000, 100)), DeviceOrder::Spread).is_ok());
+        assert!(fit_pod(
+            &n,
+            &one(req(1, 8000, 100)),
+            &FitContext::nvidia(DeviceOrder::Spread)
+        )
+        .is_ok());
     }
 }

@@ -6,6 +6,8 @@ pub mod device;
 pub mod filter;
 pub mod fit;
 pub mod fragmentation;
+pub mod placement;
 pub mod pod;
 pub mod request;
 pub mod score;
+pub mod vendor;

@@ -101,6 +101,9 @@ pub struct PodRequest {
     pub init: Vec<Option<ContainerRequest>>,
     pub app: Vec<Option<ContainerRequest>>,
     pub selection: Selection,
+    /// Ascend `huawei.com/vnpu-mode: hami-core`: raw MiB quotas enforced by
+    /// the interposer, on nodes that advertise it, instead of vNPU templates.
+    pub hami_core: bool,
 }
 
 impl PodRequest {

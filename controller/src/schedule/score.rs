@@ -42,6 +42,7 @@ mod tests {
                     d
                 })
                 .collect(),
+            topology: Default::default(),
         }
     }
 
@@ -67,10 +68,7 @@ mod tests {
             let s = node_score(&n, p);
             assert!(s.is_finite() && (0.0..=10.0).contains(&s));
         }
-        let none = Node {
-            name: "x".into(),
-            devices: vec![],
-        };
+        let none = Node::new("x", vec![]);
         assert_eq!(node_score(&none, NodeSchedulerPolicy::Binpack), 0.0);
     }
 }

@@ -17,7 +17,7 @@ pub mod openb;
 use hami_api::NodeSchedulerPolicy;
 
 use crate::schedule::device::{Device, Node};
-use crate::schedule::fit::{fit_container, reject, DeviceOrder, Grant};
+use crate::schedule::fit::{fit_container, reject, DeviceOrder, FitContext, Grant};
 use crate::schedule::fragmentation::{FragmentationCache, TaskSample, Workload};
 use crate::schedule::request::{ContainerRequest, MemoryRequest, Selection};
 use crate::schedule::score::score_for_load;
@@ -167,6 +167,7 @@ impl<'a> Simulation<'a> {
                             )
                         })
                         .collect(),
+                    topology: Default::default(),
                 },
                 cpu_free: n.cpu_milli,
                 memory_free: n.memory_mib,
@@ -228,10 +229,17 @@ impl<'a> Simulation<'a> {
                             device: d,
                             memory_mib: r.memory.on(dev.memory_mib),
                             cores: r.cores,
+                            template: None,
                         }]
                     })
                     .collect(),
-                (Some(r), _) => match fit_container(&n.node.devices, r, &selection, order) {
+                (Some(r), _) => match fit_container(
+                    &n.node.devices,
+                    &n.node.topology,
+                    r,
+                    &selection,
+                    &FitContext::nvidia(order),
+                ) {
                     Ok(g) => vec![g],
                     Err(_) => continue,
                 },
