@@ -381,8 +381,25 @@ impl crate::node_lock::LockStore for KubeLockStore {
     }
 }
 
+/// The event reasons HAMi's scheduler records after a bind.
+pub const BINDING_SUCCEED: &str = "BindingSucceed";
+pub const BINDING_FAILED: &str = "BindingFailed";
+
 /// A core/v1 Warning event about a pod, from the hami scheduler.
 pub fn warning_event(
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    reason: &str,
+    message: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> k8s_openapi::api::core::v1::Event {
+    pod_event("Warning", namespace, pod, uid, reason, message, at)
+}
+
+/// A core/v1 event (`Normal` or `Warning`) about a pod, from the hami scheduler.
+pub fn pod_event(
+    type_: &str,
     namespace: &str,
     pod: &str,
     uid: &str,
@@ -415,7 +432,7 @@ pub fn warning_event(
         },
         reason: Some(reason.to_owned()),
         message: Some(message.to_owned()),
-        type_: Some("Warning".into()),
+        type_: Some(type_.to_owned()),
         source: Some(EventSource {
             component: Some("hami-scheduler".into()),
             host: None,
@@ -424,6 +441,37 @@ pub fn warning_event(
         last_timestamp: stamp,
         count: Some(1),
         ..Event::default()
+    }
+}
+
+/// `BindingSucceed` or `BindingFailed` on the pod, best effort: a lost
+/// event changes nothing.
+async fn record_bind_event(
+    client: &Client,
+    args: &crate::extender::ExtenderBindingArgs,
+    result: &Result<(), String>,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    let (ns, pod, node) = (&args.pod_namespace, &args.pod_name, &args.node);
+    let (type_, reason, message) = match result {
+        Ok(()) => (
+            "Normal",
+            BINDING_SUCCEED,
+            format!("Successfully binding node [{node}] to {ns}/{pod}"),
+        ),
+        Err(e) => (
+            "Warning",
+            BINDING_FAILED,
+            format!("Failed to bind {ns}/{pod} to node [{node}]: {e}"),
+        ),
+    };
+    let event = pod_event(type_, ns, pod, &args.pod_uid, reason, &message, at);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    if let Err(e) = events
+        .create(&kube::api::PostParams::default(), &event)
+        .await
+    {
+        tracing::warn!("recording {reason} event: {e}");
     }
 }
 
@@ -447,9 +495,11 @@ pub async fn bind_pod(
         .pod_uid
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    crate::node_lock::acquire(locks, node, ns, pod, policy, &now, seed)
-        .await
-        .map_err(|e| format!("node lock: {e}"))?;
+    if let Err(e) = crate::node_lock::acquire(locks, node, ns, pod, policy, &now, seed).await {
+        let result = Err(format!("node lock: {e}"));
+        record_bind_event(client, args, &result, now()).await;
+        return result;
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let phase = |p: hami_api::BindPhase| {
         let mut a = BTreeMap::new();
@@ -487,6 +537,7 @@ pub async fn bind_pod(
         let _ = crate::node_lock::release(locks, node, ns, pod).await;
         tracing::warn!("bind of {ns}/{pod} to {node} failed: {e}");
     }
+    record_bind_event(client, args, &result, now()).await;
     result
 }
 
@@ -795,6 +846,20 @@ mod tests {
                     201,
                     json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
                 );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri.as_str()),
+                    (http::Method::POST, "/api/v1/namespaces/default/events?")
+                );
+                assert_eq!(
+                    (body["type"].as_str(), body["reason"].as_str()),
+                    (Some("Normal"), Some("BindingSucceed"))
+                );
+                assert_eq!(
+                    body["message"],
+                    "Successfully binding node [n1] to default/ext-1"
+                );
+                respond(send, 201, body);
             });
             bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
                 .await
@@ -858,6 +923,20 @@ mod tests {
                     "{body}"
                 );
                 respond(send, 200, node("8", None));
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                assert_eq!(
+                    (body["type"].as_str(), body["reason"].as_str()),
+                    (Some("Warning"), Some("BindingFailed"))
+                );
+                assert!(
+                    body["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("already assigned to node n2"),
+                    "{body}"
+                );
+                respond(send, 201, body);
             });
             let err = bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
                 .await
