@@ -33,7 +33,13 @@ pub struct PendingGrant {
     /// The annotation the decision is in (the family's `devices-allocated`).
     pub key: String,
     pub allocation: String,
+    /// When the write started: a grant whose write never shows up (the
+    /// request was cut off by the deadline, or the pod is gone) is dropped
+    /// after [`PENDING_TTL`] instead of holding the devices forever.
+    pub since: std::time::Instant,
 }
+
+pub const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The merge patch that records `annotations` on a pod.
 pub fn annotation_patch(annotations: &BTreeMap<String, String>) -> serde_json::Value {
@@ -71,7 +77,7 @@ pub fn overlay(
                     .and_then(|a| a.get(&p.key))
                     .is_some_and(|v| *v == p.allocation)
         });
-        if arrived {
+        if arrived || p.since.elapsed() > PENDING_TTL {
             continue;
         }
         if let (Some(node), Ok(alloc)) = (
@@ -259,6 +265,7 @@ impl Cluster for KubeCluster {
                 .unwrap_or_default(),
             key,
             allocation,
+            since: std::time::Instant::now(),
         };
         let name = name.to_owned();
         let patch = annotation_patch(&annotations);
@@ -580,6 +587,7 @@ mod tests {
             node: "n1".into(),
             key: keys::VGPU_DEVICES_ALLOCATED.into(),
             allocation: "GPU-a,T4,3000,30:;".into(),
+            since: std::time::Instant::now(),
         }
     }
 
@@ -596,7 +604,20 @@ mod tests {
             .unwrap();
         let mut s = state();
         let still = overlay(&mut s, &[Arc::new(arrived)], &[grant("p1"), grant("p2")]);
-        assert_eq!(still, vec![grant("p2")]);
+        let names = |g: &[PendingGrant]| g.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&still), ["p2"]);
+        assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
+        // A write that never showed up (cut off by the deadline) stops
+        // holding the devices after the TTL.
+        let stale = PendingGrant {
+            since: std::time::Instant::now()
+                .checked_sub(PENDING_TTL + std::time::Duration::from_secs(1))
+                .unwrap(),
+            ..grant("p3")
+        };
+        let mut s = state();
+        let still = overlay(&mut s, &[], &[stale, grant("p2")]);
+        assert_eq!(names(&still), ["p2"]);
         assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
     }
 

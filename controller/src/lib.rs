@@ -9,9 +9,11 @@
 //! - [`kube_cluster`]: that cluster behind a real API server (reflectors, patches);
 //! - [`node_lock`]: the per-node bind lock over any optimistic-concurrency store;
 //! - [`metrics`]: allocations in Prometheus text format under HAMi's names.
+//! - [`leader`]: leader election through a Lease; only the leader decides.
 
 pub mod extender;
 pub mod kube_cluster;
+pub mod leader;
 pub mod metrics;
 pub mod node_lock;
 pub mod schedule;

@@ -5,9 +5,10 @@
 //! hami-controller serve [--listen 0.0.0.0:8888] [--dry-run] …
 //! ```
 //!
-//! `serve` runs the extender's `/filter` and `/bind` (with `/healthz`,
-//! `/readyz`) against the cluster in the kubeconfig or the pod's service
-//! account. The webhook, events, metrics and leader election are not built yet.
+//! `serve` runs the extender's `/filter` and `/bind` (with `/metrics`,
+//! `/healthz`, `/readyz`) against the cluster in the kubeconfig or the pod's
+//! service account, deciding only while it holds the leader Lease. The
+//! admission webhook is not built yet.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
 use hami_controller::kube_cluster::KubeCluster;
+use hami_controller::leader::LeaderConfig;
 use hami_controller::server::{router, Settings};
 use hami_controller::simulate::openb::{read_nodes, read_pods};
 use hami_controller::simulate::{Policy, Simulation};
@@ -64,7 +66,29 @@ enum Command {
         /// Decide, but write nothing to the pods.
         #[arg(long)]
         dry_run: bool,
+        /// A /filter or /bind not done after this many milliseconds gets a
+        /// JSON error (kube-scheduler's own extender timeout is 30 s by default).
+        #[arg(long, default_value_t = 10_000)]
+        request_timeout_ms: u64,
+        /// Elect a leader through a Lease; only the leader decides. Turn off
+        /// only for a single replica.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        #[arg(long, default_value = "hami-scheduler")]
+        lease_name: String,
+        /// The Lease's namespace (the chart passes the pod's).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+        lease_namespace: String,
+        /// This replica's identity in the Lease (the chart passes the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
     },
+}
+
+struct Election {
+    lease_name: String,
+    lease_namespace: String,
+    identity: String,
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -120,10 +144,21 @@ fn simulate(
     Ok(())
 }
 
-async fn serve(listen: std::net::SocketAddr, settings: Settings) -> Result<()> {
+async fn serve(
+    listen: std::net::SocketAddr,
+    mut settings: Settings,
+    election: Option<Election>,
+) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the API server (kubeconfig or in-cluster service account)")?;
+    if let Some(e) = election {
+        let leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        settings.leader = Some(leader.clone());
+        let api = kube::Api::namespaced(client.clone(), &e.lease_namespace);
+        let cfg = LeaderConfig::new(e.lease_name, e.identity);
+        tokio::spawn(hami_controller::leader::run(api, cfg, leader));
+    }
     let cluster = KubeCluster::start(client);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -148,6 +183,11 @@ fn main() -> Result<()> {
             node_policy,
             gpu_policy,
             dry_run,
+            request_timeout_ms,
+            leader_elect,
+            lease_name,
+            lease_namespace,
+            identity,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -160,12 +200,28 @@ fn main() -> Result<()> {
                 node_policy,
                 gpu_policy,
                 dry_run,
+                request_timeout: std::time::Duration::from_millis(request_timeout_ms),
                 ..Settings::default()
+            };
+            let election = if leader_elect {
+                let identity = match identity {
+                    Some(i) => i,
+                    None => std::fs::read_to_string("/etc/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .context("no --identity and no /etc/hostname for the leader Lease")?,
+                };
+                Some(Election {
+                    lease_name,
+                    lease_namespace,
+                    identity,
+                })
+            } else {
+                None
             };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(listen, settings))
+                .block_on(serve(listen, settings, election))
         }
     }
 }

@@ -62,6 +62,14 @@ pub struct Settings {
     pub gpu_policy: GpuSchedulerPolicy,
     /// Decide, but write nothing (simulation).
     pub dry_run: bool,
+    /// A `/filter` or `/bind` still working after this gets a JSON error
+    /// (504), well inside kube-scheduler's own extender timeout, so the
+    /// scheduler hears why instead of timing out on its side.
+    pub request_timeout: std::time::Duration,
+    /// Set while this replica holds the leader Lease; `None` when leader
+    /// election is off (a single replica). A replica that is not the leader
+    /// answers `/filter` and `/bind` with 503 and is not ready.
+    pub leader: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for Settings {
@@ -72,7 +80,17 @@ impl Default for Settings {
             node_policy: NodeSchedulerPolicy::Binpack,
             gpu_policy: GpuSchedulerPolicy::Binpack,
             dry_run: false,
+            request_timeout: std::time::Duration::from_secs(10),
+            leader: None,
         }
+    }
+}
+
+impl Settings {
+    fn is_leader(&self) -> bool {
+        self.leader
+            .as_ref()
+            .is_none_or(|l| l.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -86,14 +104,48 @@ struct App {
 
 pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
     let limit = settings.body_limit;
-    Router::new()
+    let app = Arc::new(App { cluster, settings });
+    let decisions = Router::new()
         .route("/filter", post(filter_handler))
         .route("/bind", post(bind_handler))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard));
+    Router::new()
+        .merge(decisions)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(Arc::new(App { cluster, settings }))
+        .with_state(app)
+}
+
+/// Leadership and the deadline for `/filter` and `/bind`. Both replies
+/// (ExtenderFilterResult, ExtenderBindingResult) carry `Error`, so one JSON
+/// shape tells kube-scheduler what went wrong for either.
+async fn guard(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let refuse = |status: StatusCode, message: String| {
+        (status, Json(serde_json::json!({ "Error": message }))).into_response()
+    };
+    if !app.settings.is_leader() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this hami-controller replica is not the leader".into(),
+        );
+    }
+    let limit = app.settings.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!("a decision took longer than {limit:?}; answered with an error");
+            refuse(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no decision within {limit:?}; the scheduler may retry the pod"),
+            )
+        }
+    }
 }
 
 /// A request body as `what`: an over-limit body keeps the rejection's status
@@ -140,7 +192,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.cluster.ready() {
+    if !app.settings.is_leader() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not the leader").into_response()
+    } else if app.cluster.ready() {
         "ok".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "cluster view not synced").into_response()

@@ -20,6 +20,8 @@ struct FakeCluster {
     state: Arc<ClusterState>,
     ready: bool,
     fail_writes: bool,
+    /// Writes never finish (an API server that stopped answering).
+    stall_writes: bool,
     writes: Mutex<Vec<Write>>,
     binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
     events: Mutex<Vec<String>>,
@@ -59,6 +61,9 @@ impl Cluster for FakeCluster {
         annotations: BTreeMap<String, String>,
     ) -> BoxFuture<'static, Result<(), String>> {
         let fail = self.fail_writes;
+        if self.stall_writes {
+            return Box::pin(futures_util::future::pending());
+        }
         if !fail {
             self.writes
                 .lock()
@@ -136,6 +141,7 @@ fn cluster_of(nodes: &[Value], pods: &[Value], ready: bool, fail_writes: bool) -
         state: Arc::new(state),
         ready,
         fail_writes,
+        stall_writes: false,
         writes: Mutex::new(Vec::new()),
         binds: Mutex::new(Vec::new()),
         events: Mutex::new(Vec::new()),
@@ -613,5 +619,69 @@ fn a_pod_asking_for_two_families_is_refused() {
         let e = reply["Error"].as_str().unwrap();
         assert!(e.contains("nvidia") && e.contains("Ascend910B3"), "{e}");
         assert!(c.writes.lock().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn a_stalled_decision_gets_an_error_before_the_scheduler_gives_up() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let stalled = Arc::new(FakeCluster {
+            state: c.state.clone(),
+            ready: true,
+            fail_writes: false,
+            stall_writes: true,
+            writes: Mutex::new(Vec::new()),
+            binds: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
+        });
+        let settings = Settings {
+            request_timeout: std::time::Duration::from_millis(200),
+            ..Settings::default()
+        };
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        let started = std::time::Instant::now();
+        let (status, reply) = post(stalled, settings, body).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{reply}");
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("no decision within"),
+            "{reply}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    });
+}
+
+#[test]
+fn only_the_leader_decides() {
+    runtime().block_on(async {
+        let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let settings = Settings {
+            leader: Some(leader.clone()),
+            ..Settings::default()
+        };
+        let c = cluster(true, false);
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        let (status, reply) = post(c.clone(), settings.clone(), body.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(reply["Error"].as_str().unwrap().contains("not the leader"));
+        let (status, _) = post_to("/bind", c.clone(), settings.clone(), b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(c.writes.lock().unwrap().is_empty() && c.binds.lock().unwrap().is_empty());
+        let ready = router(c.clone(), settings.clone())
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Elected: the same replica now decides.
+        leader.store(true, std::sync::atomic::Ordering::Release);
+        let (status, reply) = post(c.clone(), settings, body).await;
+        assert_eq!(
+            (status, reply["Error"].as_str()),
+            (StatusCode::OK, Some(""))
+        );
+        assert_eq!(c.writes.lock().unwrap().len(), 1);
     });
 }
