@@ -21,8 +21,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
+use crate::schedule::vendor::VendorProfile;
 use crate::server::Cluster;
-use crate::state::ClusterState;
+use crate::state::{ClusterState, ContainerGrant};
 
 /// A decision written to a pod that the reflector has not shown yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,7 @@ pub fn overlay(
     state: &mut ClusterState,
     pods: &[Arc<Pod>],
     pending: &[PendingGrant],
+    profiles: &[VendorProfile],
 ) -> Vec<PendingGrant> {
     let mut still = Vec::new();
     for p in pending {
@@ -80,13 +82,31 @@ pub fn overlay(
         if arrived || p.since.elapsed() > PENDING_TTL {
             continue;
         }
+        let vendor = profiles
+            .iter()
+            .position(|v| v.keys.devices_allocated == p.key)
+            .and_then(|i| u16::try_from(i).ok())
+            .unwrap_or(0);
         if let (Some(node), Ok(alloc)) = (
             state.nodes.get_mut(&p.node),
             PodAllocation::decode(&p.allocation),
         ) {
-            for d in alloc.containers.iter().flatten() {
-                if let Some(dev) = node.devices.iter_mut().find(|x| x.uuid == d.uuid) {
-                    dev.grant(u64::from(d.mem_mib), d.cores);
+            for (slot, devices) in alloc.containers.iter().enumerate() {
+                for d in devices {
+                    if let Some(dev) = node.devices.iter_mut().find(|x| x.uuid == d.uuid) {
+                        dev.grant(u64::from(d.mem_mib), d.cores);
+                        // Counted against the namespace's quota too.
+                        state.grants.push(ContainerGrant {
+                            namespace: p.namespace.clone(),
+                            pod: p.name.clone(),
+                            container: slot,
+                            node: p.node.clone(),
+                            uuid: d.uuid.clone(),
+                            memory_mib: u64::from(d.mem_mib),
+                            cores: d.cores,
+                            vendor,
+                        });
+                    }
                 }
             }
         }
@@ -108,8 +128,11 @@ fn now_utc() -> chrono::NaiveDateTime {
 
 pub struct KubeCluster {
     client: Client,
+    /// The families placed; must be the list the server was given.
+    profiles: Vec<VendorProfile>,
     nodes: Store<Node>,
     pods: Store<Pod>,
+    quotas: Store<k8s_openapi::api::core::v1::ResourceQuota>,
     ready: AtomicBool,
     /// Bumped by every watch event; the state is rebuilt when it moved.
     generation: Arc<AtomicU64>,
@@ -152,9 +175,20 @@ impl KubeCluster {
     /// Starts the reflectors; the returned cluster is ready once both have
     /// listed everything once.
     pub fn start(client: Client) -> Arc<Self> {
+        Self::start_with(client, VendorProfile::defaults())
+    }
+
+    /// [`KubeCluster::start`] for a given list of families.
+    pub fn start_with(client: Client, profiles: Vec<VendorProfile>) -> Arc<Self> {
         let generation = Arc::new(AtomicU64::new(1));
         let (nodes, node_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
+        let (quotas, quota_writer) = reflector::store();
+        spawn_reflector(
+            Api::<k8s_openapi::api::core::v1::ResourceQuota>::all(client.clone()),
+            quota_writer,
+            generation.clone(),
+        );
         spawn_reflector(
             Api::<Node>::all(client.clone()),
             node_writer,
@@ -167,8 +201,10 @@ impl KubeCluster {
         );
         let me = Arc::new(Self {
             client,
+            profiles,
             nodes,
             pods,
+            quotas,
             ready: AtomicBool::new(false),
             generation,
             cached: Mutex::new((0, Arc::new(ClusterState::default()))),
@@ -176,11 +212,12 @@ impl KubeCluster {
         });
         let waiting = me.clone();
         tokio::spawn(async move {
-            let (n, p) = (
+            let (n, p, q) = (
                 waiting.nodes.wait_until_ready(),
                 waiting.pods.wait_until_ready(),
+                waiting.quotas.wait_until_ready(),
             );
-            if n.await.is_ok() && p.await.is_ok() {
+            if n.await.is_ok() && p.await.is_ok() && q.await.is_ok() {
                 waiting.ready.store(true, Ordering::Release);
                 tracing::info!("cluster view synced");
             }
@@ -198,8 +235,10 @@ impl Cluster for KubeCluster {
             return cached.1.clone();
         }
         let pods = self.pods.state();
-        let mut state = ClusterState::rebuild(&self.nodes.state(), &pods, now_utc());
-        *pending = overlay(&mut state, &pods, &pending);
+        let mut state =
+            ClusterState::rebuild_with(&self.profiles, &self.nodes.state(), &pods, now_utc())
+                .with_quotas(&self.quotas.state());
+        *pending = overlay(&mut state, &pods, &pending, &self.profiles);
         let state = Arc::new(state);
         *cached = (generation, state.clone());
         state
@@ -564,6 +603,10 @@ mod tests {
             .block_on(body)
     }
 
+    fn profiles() -> Vec<VendorProfile> {
+        VendorProfile::defaults()
+    }
+
     /// A `Status` failure as the API server sends it.
     fn failure(code: u16, reason: &str, message: &str) -> Value {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -594,7 +637,7 @@ mod tests {
     #[test]
     fn pending_grants_count_until_the_watch_shows_them() {
         let mut s = state();
-        let still = overlay(&mut s, &[], &[grant("p1"), grant("p2")]);
+        let still = overlay(&mut s, &[], &[grant("p1"), grant("p2")], &profiles());
         assert_eq!(still.len(), 2);
         assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 6000);
         // p1's annotation has arrived through the reflector: it is no longer pending.
@@ -603,7 +646,12 @@ mod tests {
             "annotations": {"hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}}}))
             .unwrap();
         let mut s = state();
-        let still = overlay(&mut s, &[Arc::new(arrived)], &[grant("p1"), grant("p2")]);
+        let still = overlay(
+            &mut s,
+            &[Arc::new(arrived)],
+            &[grant("p1"), grant("p2")],
+            &profiles(),
+        );
         let names = |g: &[PendingGrant]| g.iter().map(|g| g.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&still), ["p2"]);
         assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
@@ -616,7 +664,7 @@ mod tests {
             ..grant("p3")
         };
         let mut s = state();
-        let still = overlay(&mut s, &[], &[stale, grant("p2")]);
+        let still = overlay(&mut s, &[], &[stale, grant("p2")], &profiles());
         assert_eq!(names(&still), ["p2"]);
         assert_eq!(s.nodes["n1"].devices[0].used_memory_mib, 3000);
     }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: allocations in Prometheus text format under HAMi's names.
 //! - [`leader`]: leader election through a Lease; only the leader decides.
 
+pub mod admission;
 pub mod extender;
 pub mod kube_cluster;
 pub mod leader;

@@ -277,11 +277,14 @@ async fn filter_handler(
         Err(e) => return error(StatusCode::OK, e),
     };
     let nodes: Vec<&Node> = known.iter().map(|(_, n)| *n).collect();
+    let namespace = args.pod.metadata.namespace.as_deref().unwrap_or("default");
+    let quota = state.quota_check(namespace, &app.settings.profiles);
     let placing = Placing {
         profile,
         vendor,
         node_policy,
         gpu_policy,
+        quota: quota.as_ref(),
     };
     let outcome = filter(&nodes, &request, &placing);
     for (i, reason) in &outcome.failed {

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 use hami_api::{keys, node_register, DeviceInfo, Handshake, LinkScores, PodAllocation, Quantity};
-use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod, ResourceQuota};
+
+use crate::admission::quota::{hard_limits, QuotaCheck, Usage};
 
 use crate::schedule::device::{Device, Node, Topology};
 use crate::schedule::pod::NEURON_CORES_PER_DEVICE;
@@ -25,6 +27,9 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// Every device grant counted, per container, for the metrics.
     pub grants: Vec<ContainerGrant>,
+    /// ResourceQuota `spec.hard` `limits.*` entries per namespace (the
+    /// smallest where several quotas name a key).
+    pub quotas: BTreeMap<String, BTreeMap<String, u64>>,
     /// What could not be read, for the log: `(object, problem)`.
     pub warnings: Vec<(String, String)>,
 }
@@ -40,6 +45,8 @@ pub struct ContainerGrant {
     pub uuid: String,
     pub memory_mib: u64,
     pub cores: u32,
+    /// The family's place in the profiles the state was rebuilt with.
+    pub vendor: u16,
 }
 
 fn annotation<'a>(
@@ -149,11 +156,63 @@ impl ClusterState {
             }
         }
         for p in pods.iter().map(Borrow::borrow).filter(|p| holds_devices(p)) {
-            for profile in profiles {
-                state.charge(p, profile);
+            for (vi, profile) in profiles.iter().enumerate() {
+                state.charge(p, profile, u16::try_from(vi).unwrap_or(u16::MAX));
             }
         }
         state
+    }
+
+    /// Adds the namespaces' ResourceQuotas.
+    pub fn with_quotas<Q: Borrow<ResourceQuota>>(mut self, quotas: &[Q]) -> Self {
+        let mut by_namespace: BTreeMap<String, Vec<&ResourceQuota>> = BTreeMap::new();
+        for q in quotas.iter().map(Borrow::borrow) {
+            if let Some(ns) = &q.metadata.namespace {
+                by_namespace.entry(ns.clone()).or_default().push(q);
+            }
+        }
+        self.quotas = by_namespace
+            .into_iter()
+            .map(|(ns, qs)| (ns, hard_limits(&qs)))
+            .filter(|(_, hard)| !hard.is_empty())
+            .collect();
+        self
+    }
+
+    /// The namespace's quota room, `None` where no quota applies. What its
+    /// live pods hold comes from their grants; while a pod is pending its
+    /// init containers' grants count too (they may be running).
+    pub fn quota_check(&self, namespace: &str, profiles: &[VendorProfile]) -> Option<QuotaCheck> {
+        let hard = self.quotas.get(namespace)?;
+        let mut used: BTreeMap<String, Usage> = BTreeMap::new();
+        for g in self.grants.iter().filter(|g| g.namespace == namespace) {
+            let Some(profile) = profiles.get(usize::from(g.vendor)) else {
+                continue;
+            };
+            let u = used.entry(profile.name().to_owned()).or_default();
+            u.memory_mib = u.memory_mib.saturating_add(g.memory_mib);
+            u.cores = u.cores.saturating_add(u64::from(g.cores));
+        }
+        Some(QuotaCheck {
+            namespace: namespace.to_owned(),
+            hard: hard.clone(),
+            used,
+        })
+    }
+
+    /// The largest registered device memory per family, for the webhook's
+    /// "larger than any device" check.
+    pub fn largest_memory_mib(&self, profiles: &[VendorProfile]) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        for d in self.nodes.values().flat_map(|n| &n.devices) {
+            if let Some(p) = profiles.get(usize::from(d.vendor)) {
+                if p.manages_memory() && d.memory_mib > 0 {
+                    let m = out.entry(p.name().to_owned()).or_default();
+                    *m = (*m).max(d.memory_mib);
+                }
+            }
+        }
+        out
     }
 
     /// Every family's devices on one node, with its topology; `None` for a
@@ -256,7 +315,7 @@ impl ClusterState {
 
     /// Adds the devices `pod`'s annotations grant (in `profile`'s keys) to
     /// its node's usage.
-    fn charge(&mut self, pod: &Pod, profile: &VendorProfile) {
+    fn charge(&mut self, pod: &Pod, profile: &VendorProfile, vendor: u16) {
         let meta = &pod.metadata;
         let Some(value) = annotation(meta, &profile.keys.devices_allocated)
             .or_else(|| annotation(meta, &profile.keys.devices_to_allocate))
@@ -309,6 +368,7 @@ impl ClusterState {
                             uuid: d.uuid.clone(),
                             memory_mib: u64::from(d.mem_mib),
                             cores: d.cores,
+                            vendor,
                         });
                     }
                     None => self.warnings.push((

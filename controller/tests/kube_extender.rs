@@ -77,6 +77,12 @@ async fn api_server(mut handle: Handle, calls: Arc<Mutex<Vec<Call>>>) {
                 &json!({"apiVersion": "v1", "kind": "NodeList",
                         "metadata": {"resourceVersion": "100"}, "items": [node("10", None)]}),
             ),
+            ("GET", "/api/v1/resourcequotas") => respond(
+                send,
+                200,
+                &json!({"apiVersion": "v1", "kind": "ResourceQuotaList",
+                        "metadata": {"resourceVersion": "100"}, "items": []}),
+            ),
             ("GET", "/api/v1/pods") => respond(
                 send,
                 200,

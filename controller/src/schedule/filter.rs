@@ -4,13 +4,14 @@
 
 use std::borrow::Borrow;
 
-use hami_api::{FailureReasons, GpuSchedulerPolicy, NodeSchedulerPolicy};
+use hami_api::{reasons, FailureReasons, GpuSchedulerPolicy, NodeSchedulerPolicy};
 
 use super::device::Node;
 use super::fit::{fit_pod, DeviceOrder, FitContext, PodFit};
 use super::request::PodRequest;
 use super::score::score_for_load;
 use super::vendor::VendorProfile;
+use crate::admission::quota::{fit_usage, QuotaCheck};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chosen {
@@ -54,6 +55,10 @@ pub struct Placing<'a> {
     pub vendor: u16,
     pub node_policy: NodeSchedulerPolicy,
     pub gpu_policy: GpuSchedulerPolicy,
+    /// The pod's namespace quota: a node where the fitted grants (with
+    /// percentages resolved on its devices) would exceed it fails with
+    /// `ResourceQuotaNotFit`.
+    pub quota: Option<&'a QuotaCheck>,
 }
 
 impl Placing<'_> {
@@ -67,6 +72,7 @@ impl Placing<'_> {
             vendor: 0,
             node_policy,
             gpu_policy,
+            quota: None,
         }
     }
 
@@ -91,6 +97,13 @@ pub fn filter<N: Borrow<Node>>(nodes: &[N], pod: &PodRequest, placing: &Placing)
     let mut failed = Vec::new();
     for (i, node) in nodes.iter().map(Borrow::borrow).enumerate() {
         match fit_pod(node, pod, &ctx) {
+            Ok(fit)
+                if placing
+                    .quota
+                    .is_some_and(|q| q.admit(&fit_usage(&fit), placing.profile).is_err()) =>
+            {
+                failed.push((i, reasons::RESOURCE_QUOTA_NOT_FIT));
+            }
             Ok(fit) => {
                 let score = score_for_load(
                     node.load_of(Some(placing.vendor), &fit.lasting()),
@@ -177,6 +190,46 @@ mod tests {
         );
         assert!(none.chosen.is_none());
         assert_eq!(none.reasons(3).encode(), "3/3 CardInsufficientMemory");
+    }
+
+    #[test]
+    fn a_node_whose_devices_would_break_the_quota_fails() {
+        use crate::admission::quota::Usage;
+        // Two nodes, one with 10 GB devices, one with 40 GB: 50 % of a
+        // device resolves to 5000 or 20000 MiB.
+        let mut big = node("big", &[0]);
+        big.devices[0].memory_mib = 40_000;
+        let nodes = vec![node("small", &[0]), big];
+        let pct = PodRequest {
+            app: vec![Some(ContainerRequest {
+                count: 1,
+                memory: MemoryRequest::Percent(50),
+                cores: 0,
+            })],
+            ..PodRequest::default()
+        };
+        let quota = QuotaCheck {
+            namespace: "team".into(),
+            hard: [("limits.nvidia.com/gpumem".to_owned(), 12_000)].into(),
+            used: [(
+                "nvidia".to_owned(),
+                Usage {
+                    memory_mib: 2000,
+                    cores: 0,
+                },
+            )]
+            .into(),
+        };
+        let placing = Placing {
+            quota: Some(&quota),
+            ..Placing::nvidia(NodeSchedulerPolicy::Spread, GpuSchedulerPolicy::Binpack)
+        };
+        let out = filter(&nodes, &pct, &placing);
+        assert_eq!(out.chosen.unwrap().node, 0);
+        assert_eq!(
+            out.failed,
+            vec![(1, hami_api::reasons::RESOURCE_QUOTA_NOT_FIT)]
+        );
     }
 
     #[test]
