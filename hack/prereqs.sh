@@ -16,6 +16,8 @@ declare -A PROVIDER=(
     [readelf]=binutils
     [unshare]=util-linux
     [ldd]=libc-bin
+    # the webhook's HTTPS test makes its self-signed certificate with it
+    [openssl]=openssl
 )
 
 missing=()
@@ -34,7 +36,7 @@ if ((${#missing[@]})); then
     echo "hack/prereqs.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux >/dev/null
+    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux openssl >/dev/null
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

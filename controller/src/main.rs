@@ -7,8 +7,8 @@
 //!
 //! `serve` runs the extender's `/filter` and `/bind` (with `/metrics`,
 //! `/healthz`, `/readyz`) against the cluster in the kubeconfig or the pod's
-//! service account, deciding only while it holds the leader Lease. The
-//! admission webhook is not built yet.
+//! service account, deciding only while it holds the leader Lease, and the
+//! admission webhook (`/webhook`) over TLS on every replica.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,9 +16,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
+use hami_controller::admission::mutate::WebhookConfig;
+use hami_controller::admission::tls::{server_config, TlsListener};
 use hami_controller::kube_cluster::KubeCluster;
 use hami_controller::leader::LeaderConfig;
-use hami_controller::server::{router, Settings};
+use hami_controller::server::{router, webhook_router, Settings};
 use hami_controller::simulate::openb::{read_nodes, read_pods};
 use hami_controller::simulate::{Policy, Simulation};
 
@@ -34,6 +36,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once at startup: the size of the larger variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Replay an openb trace through the scheduler's fit and score code and
     /// report the unallocated GPU share when arrivals reach 100% of capacity.
@@ -82,6 +86,23 @@ enum Command {
         /// This replica's identity in the Lease (the chart passes the pod name).
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// The admission webhook's HTTPS address (served with --tls-cert and --tls-key).
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        webhook_listen: std::net::SocketAddr,
+        /// PEM certificate chain for the webhook; reloaded when the file changes.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The scheduler pods that share devices are sent to.
+        #[arg(long, default_value = "hami-scheduler")]
+        scheduler_name: String,
+        /// runtimeClassName set on such pods that have none.
+        #[arg(long)]
+        runtime_class: Option<String>,
+        /// GPU_CORE_UTILIZATION_POLICY injected into NVIDIA containers (default, force, disable).
+        #[arg(long)]
+        core_policy: Option<String>,
     },
 }
 
@@ -144,10 +165,18 @@ fn simulate(
     Ok(())
 }
 
+struct Webhook {
+    listen: std::net::SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    config: WebhookConfig,
+}
+
 async fn serve(
     listen: std::net::SocketAddr,
     mut settings: Settings,
     election: Option<Election>,
+    webhook: Option<Webhook>,
 ) -> Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -159,7 +188,23 @@ async fn serve(
         let cfg = LeaderConfig::new(e.lease_name, e.identity);
         tokio::spawn(hami_controller::leader::run(api, cfg, leader));
     }
-    let cluster = KubeCluster::start(client);
+    let cluster = KubeCluster::start_with(client, settings.profiles.clone());
+    if let Some(w) = webhook {
+        let tls = server_config(&w.cert, &w.key).context("loading the webhook certificate")?;
+        let tcp = tokio::net::TcpListener::bind(w.listen)
+            .await
+            .with_context(|| format!("listening on {}", w.listen))?;
+        let listener = TlsListener::new(tcp, tls)?;
+        let app = webhook_router(cluster.clone(), w.config, settings.body_limit);
+        tracing::info!(listen = %w.listen, "serving the admission webhook over TLS");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("webhook server: {e}");
+            }
+        });
+    } else {
+        tracing::warn!("no --tls-cert/--tls-key: the admission webhook is not served");
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -188,6 +233,12 @@ fn main() -> Result<()> {
             lease_name,
             lease_namespace,
             identity,
+            webhook_listen,
+            tls_cert,
+            tls_key,
+            scheduler_name,
+            runtime_class,
+            core_policy,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -218,10 +269,21 @@ fn main() -> Result<()> {
             } else {
                 None
             };
+            let webhook = tls_cert.zip(tls_key).map(|(cert, key)| Webhook {
+                listen: webhook_listen,
+                cert,
+                key,
+                config: WebhookConfig {
+                    scheduler_name,
+                    runtime_class,
+                    core_policy,
+                    profiles: settings.profiles.clone(),
+                },
+            });
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(listen, settings, election))
+                .block_on(serve(listen, settings, election, webhook))
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use crate::schedule::vendor::VendorProfile;
 use crate::state::ClusterState;
 
 const MIB: u64 = 1 << 20;
@@ -30,7 +31,60 @@ fn render_family(out: &mut String, f: &Family<'_>) {
     }
 }
 
-pub fn render(state: &ClusterState) -> String {
+/// `hami_resource_quota_limit` and `hami_resource_quota_used`, one row per
+/// namespace and quota key (`limits.nvidia.com/gpumem` …); memory in MiB
+/// and cores in percent, as the quota counts them.
+fn quota_families<'a>(state: &ClusterState, profiles: &[VendorProfile]) -> [Family<'a>; 2] {
+    let mut limits = Vec::new();
+    let mut used = Vec::new();
+    for (namespace, hard) in &state.quotas {
+        let check = state.quota_check(namespace, profiles);
+        for (key, value) in hard {
+            let labels = format!("namespace=\"{}\",resource=\"{}\"", esc(namespace), esc(key));
+            limits.push((labels.clone(), *value as f64));
+            let in_use = profiles.iter().find_map(|p| {
+                let u = check
+                    .as_ref()?
+                    .used
+                    .get(p.name())
+                    .copied()
+                    .unwrap_or_default();
+                let r = &p.resources;
+                if r.resource_memory_name
+                    .as_ref()
+                    .is_some_and(|m| *key == format!("limits.{m}"))
+                {
+                    Some(u.memory_mib)
+                } else if r
+                    .resource_core_name
+                    .as_ref()
+                    .is_some_and(|c| *key == format!("limits.{c}"))
+                {
+                    Some(u.cores)
+                } else {
+                    None
+                }
+            });
+            if let Some(v) = in_use {
+                used.push((labels, v as f64));
+            }
+        }
+    }
+    [
+        Family {
+            name: "hami_resource_quota_limit",
+            help: "Extended ResourceQuota hard limit (MiB for memory, percent for cores)",
+            rows: limits,
+        },
+        Family {
+            name: "hami_resource_quota_used",
+            help: "Extended ResourceQuota in use by the namespace's pods",
+            rows: used,
+        },
+    ]
+}
+
+pub fn render(state: &ClusterState, profiles: &[VendorProfile]) -> String {
     let device_labels = |node: &str, idx: u32, uuid: &str| {
         format!(
             "deviceidx=\"{idx}\",deviceuuid=\"{}\",nodeid=\"{}\",zone=\"vGPU\"",
@@ -133,6 +187,7 @@ pub fn render(state: &ClusterState) -> String {
         help: "vGPU memory allocated from a container",
         rows: container_rows(&|g| (g.memory_mib * MIB) as f64),
     });
+    families.extend(quota_families(state, profiles));
     let mut out = String::new();
     for f in &families {
         render_family(&mut out, f);
@@ -157,8 +212,13 @@ mod tests {
                 "hami.io/vgpu-node": "n1", "hami.io/vgpu-devices-allocated": "GPU-a,T4,3000,30:;"}},
             "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running"}}))
         .unwrap();
-        let state = ClusterState::rebuild(&[node], &[pod], chrono::NaiveDateTime::default());
-        let text = render(&state);
+        let quota: k8s_openapi::api::core::v1::ResourceQuota = serde_json::from_value(json!({
+            "metadata": {"name": "gpu", "namespace": "default"},
+            "spec": {"hard": {"limits.nvidia.com/gpumem": "6000", "limits.nvidia.com/gpucores": "100"}}}))
+        .unwrap();
+        let state = ClusterState::rebuild(&[node], &[pod], chrono::NaiveDateTime::default())
+            .with_quotas(&[quota]);
+        let text = render(&state, &VendorProfile::defaults());
         for line in [
             "# TYPE GPUDeviceMemoryLimit gauge",
             r#"GPUDeviceMemoryLimit{deviceidx="0",deviceuuid="GPU-a",nodeid="n1",zone="vGPU"} 8589934592"#,
@@ -169,6 +229,9 @@ mod tests {
             r#"vGPUMemoryAllocated{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 3145728000"#,
             r#"hami_vgpu_memory_allocated_bytes{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 3145728000"#,
             r#"vGPUCoreAllocated{containeridx="0",deviceuuid="GPU-a",nodename="n1",podname="p\"1",podnamespace="default",zone="vGPU"} 30"#,
+            r#"hami_resource_quota_limit{namespace="default",resource="limits.nvidia.com/gpumem"} 6000"#,
+            r#"hami_resource_quota_used{namespace="default",resource="limits.nvidia.com/gpumem"} 3000"#,
+            r#"hami_resource_quota_used{namespace="default",resource="limits.nvidia.com/gpucores"} 30"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

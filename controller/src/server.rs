@@ -19,6 +19,8 @@ use futures_util::future::BoxFuture;
 use hami_api::reasons::NODE_INSUFFICIENT_DEVICE;
 use hami_api::{keys, GpuSchedulerPolicy, NodeSchedulerPolicy};
 
+use crate::admission::mutate::{self, Facts, WebhookConfig};
+use crate::admission::review::{self, AdmissionResponse, AdmissionReview};
 use crate::extender::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
 };
@@ -180,7 +182,7 @@ async fn bind_handler(
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = crate::metrics::render(&app.cluster.state());
+    let text = crate::metrics::render(&app.cluster.state(), &app.settings.profiles);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -410,6 +412,87 @@ fn decision(
         );
     }
     Ok(out)
+}
+
+struct WebhookApp {
+    cluster: Arc<dyn Cluster>,
+    config: WebhookConfig,
+}
+
+/// The admission webhook's routes: `POST /webhook` (AdmissionReview v1) and
+/// `/healthz`. Served on every replica, leader or not: admission must not
+/// stop while a new leader is elected. Serve it over TLS (`admission::tls`).
+pub fn webhook_router(
+    cluster: Arc<dyn Cluster>,
+    config: WebhookConfig,
+    body_limit: usize,
+) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Arc::new(WebhookApp { cluster, config }))
+}
+
+async fn webhook_handler(
+    State(app): State<Arc<WebhookApp>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let fail = |status: StatusCode, message: String| {
+        (status, Json(serde_json::json!({ "error": message }))).into_response()
+    };
+    let review: AdmissionReview = match decode(body, "AdmissionReview") {
+        Ok(r) => r,
+        Err((status, message)) => return fail(status, message),
+    };
+    if review.api_version != review::API_VERSION || review.kind != "AdmissionReview" {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected {} AdmissionReview, got {} {}",
+                review::API_VERSION,
+                review.api_version,
+                review.kind
+            ),
+        );
+    }
+    let Some(request) = review.request else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "AdmissionReview without a request".into(),
+        );
+    };
+    let untouched = AdmissionResponse::allow(&request.uid, &[]);
+    let object = match (
+        &request.object,
+        request.kind.kind.as_str(),
+        request.operation.as_str(),
+    ) {
+        (Some(o), "Pod", "CREATE") => o,
+        // Not a pod being created: nothing of ours.
+        _ => return Json(untouched.into_review()).into_response(),
+    };
+    // The checks that need the cluster (device sizes, quota) use what the
+    // view holds; before it has synced they are skipped here, and /filter,
+    // which refuses to decide until then, checks the quota again.
+    let facts = if app.cluster.ready() {
+        let state = app.cluster.state();
+        Facts {
+            largest_memory_mib: state.largest_memory_mib(&app.config.profiles),
+            quota: state.quota_check(
+                request.namespace.as_deref().unwrap_or("default"),
+                &app.config.profiles,
+            ),
+        }
+    } else {
+        Facts::default()
+    };
+    let response = match mutate::review(object, &app.config, &facts) {
+        mutate::Verdict::Untouched => untouched,
+        mutate::Verdict::Mutate(ops) => AdmissionResponse::allow(&request.uid, &ops),
+        mutate::Verdict::Deny(message) => AdmissionResponse::deny(&request.uid, message),
+    };
+    Json(response.into_review()).into_response()
 }
 
 /// The reply in the form kube-scheduler asked in: node names, or node objects.

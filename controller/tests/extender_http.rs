@@ -2,88 +2,20 @@
 //! captured ExtenderArgs, given GPU limits), against an in-memory cluster
 //! that records every annotation write.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use futures_util::future::BoxFuture;
-use hami_controller::server::{router, Cluster, Settings};
-use hami_controller::state::ClusterState;
+use common::{cluster_of, FakeCluster};
+use hami_controller::server::{router, Settings};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-type Write = (String, String, BTreeMap<String, String>);
-
-struct FakeCluster {
-    state: Arc<ClusterState>,
-    ready: bool,
-    fail_writes: bool,
-    /// Writes never finish (an API server that stopped answering).
-    stall_writes: bool,
-    writes: Mutex<Vec<Write>>,
-    binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
-    events: Mutex<Vec<String>>,
-}
-
-impl Cluster for FakeCluster {
-    fn state(&self) -> Arc<ClusterState> {
-        self.state.clone()
-    }
-    fn ready(&self) -> bool {
-        self.ready
-    }
-    fn bind(
-        &self,
-        args: hami_controller::extender::ExtenderBindingArgs,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        let fail = self.fail_writes;
-        self.binds.lock().unwrap().push(args);
-        Box::pin(async move {
-            if fail {
-                Err("node lock: node n1 is locked by someone".into())
-            } else {
-                Ok(())
-            }
-        })
-    }
-    fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String) {
-        self.events
-            .lock()
-            .unwrap()
-            .push(format!("{namespace}/{name}/{uid} {reason}: {message}"));
-    }
-    fn annotate(
-        &self,
-        namespace: &str,
-        name: &str,
-        annotations: BTreeMap<String, String>,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        let fail = self.fail_writes;
-        if self.stall_writes {
-            return Box::pin(futures_util::future::pending());
-        }
-        if !fail {
-            self.writes
-                .lock()
-                .unwrap()
-                .push((namespace.into(), name.into(), annotations));
-        }
-        Box::pin(async move {
-            if fail {
-                Err("the API server said no".into())
-            } else {
-                Ok(())
-            }
-        })
-    }
-}
-
 fn fixture() -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/k8s/sample-extender-args.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    common::fixture("sample-extender-args.json")
 }
 
 /// The captured body, with the pod asking for one GPU with 3000 MiB at 30%.
@@ -117,35 +49,6 @@ fn cluster(ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
         ready,
         fail_writes,
     )
-}
-
-/// A synced cluster of these Node and Pod objects (as JSON).
-fn cluster_of(nodes: &[Value], pods: &[Value], ready: bool, fail_writes: bool) -> Arc<FakeCluster> {
-    let nodes: Vec<k8s_openapi::api::core::v1::Node> = nodes
-        .iter()
-        .map(|n| serde_json::from_value(n.clone()).unwrap())
-        .collect();
-    let pods: Vec<k8s_openapi::api::core::v1::Pod> = pods
-        .iter()
-        .map(|p| serde_json::from_value(p.clone()).unwrap())
-        .collect();
-    let state = ClusterState::rebuild(
-        &nodes,
-        &pods,
-        chrono::NaiveDate::from_ymd_opt(2026, 11, 23)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap(),
-    );
-    Arc::new(FakeCluster {
-        state: Arc::new(state),
-        ready,
-        fail_writes,
-        stall_writes: false,
-        writes: Mutex::new(Vec::new()),
-        binds: Mutex::new(Vec::new()),
-        events: Mutex::new(Vec::new()),
-    })
 }
 
 async fn post(cluster: Arc<FakeCluster>, settings: Settings, body: Vec<u8>) -> (StatusCode, Value) {
