@@ -281,6 +281,28 @@ impl Cluster for KubeCluster {
         })
     }
 
+    fn create_claim_templates(
+        &self,
+        namespace: &str,
+        templates: Vec<serde_json::Value>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &claim_template_resource());
+        Box::pin(async move {
+            for t in templates {
+                let object: kube::api::DynamicObject =
+                    serde_json::from_value(t).map_err(|e| e.to_string())?;
+                match api.create(&kube::api::PostParams::default(), &object).await {
+                    Ok(_) => {}
+                    // Named by content: an existing one is the same template.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn annotate(
         &self,
         namespace: &str,
@@ -325,6 +347,68 @@ impl Cluster for KubeCluster {
             }
             result
         })
+    }
+}
+
+/// `resource.k8s.io/v1` ResourceClaimTemplate, which k8s-openapi's
+/// Kubernetes 1.33 types do not have.
+pub fn claim_template_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk("resource.k8s.io", "v1", "ResourceClaimTemplate"),
+        "resourceclaimtemplates",
+    )
+}
+
+/// Whether the cluster can take the DRA conversion: `resource.k8s.io/v1`
+/// served with ResourceClaimTemplates (Kubernetes ≥ 1.34), and the
+/// `DRAConsumableCapacity` feature on. Feature gates are not in discovery,
+/// so the second is asked by a server-side dry-run create of a template
+/// with a capacity request: an API server without the feature drops the
+/// field from what it returns. `Err` says what is missing.
+pub async fn dra_support(client: &Client, namespace: &str) -> Result<(), String> {
+    let resources = client
+        .list_api_group_resources("resource.k8s.io/v1")
+        .await
+        .map_err(|e| {
+            format!("resource.k8s.io/v1 is not served (DRA needs Kubernetes 1.34 or later): {e}")
+        })?;
+    if !resources
+        .resources
+        .iter()
+        .any(|r| r.name == "resourceclaimtemplates")
+    {
+        return Err("resource.k8s.io/v1 does not serve resourceclaimtemplates".into());
+    }
+    let probe = crate::admission::dra::template(
+        namespace,
+        &crate::admission::dra::template_spec(
+            &crate::schedule::request::ContainerRequest {
+                count: 1,
+                memory: crate::schedule::request::MemoryRequest::Mib(1),
+                cores: 1,
+            },
+            &crate::schedule::request::Selection::default(),
+        ),
+    );
+    let object: kube::api::DynamicObject =
+        serde_json::from_value(probe).map_err(|e| e.to_string())?;
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &claim_template_resource());
+    let params = kube::api::PostParams {
+        dry_run: true,
+        ..kube::api::PostParams::default()
+    };
+    let back = api
+        .create(&params, &object)
+        .await
+        .map_err(|e| format!("dry-run create of a ResourceClaimTemplate: {e}"))?;
+    let kept = back.data["spec"]["spec"]["devices"]["requests"][0]["exactly"]
+        .get("capacity")
+        .is_some();
+    if kept {
+        Ok(())
+    } else {
+        Err("the API server dropped the capacity request: the DRAConsumableCapacity feature gate is off".into())
     }
 }
 
@@ -1061,5 +1145,69 @@ mod tests {
             assert_eq!(store.owner_needs_lock("default", "p1").await, Ok(false));
             server.await.unwrap();
         });
+    }
+
+    /// The DRA support probe, call by call, on three API servers: one
+    /// without resource.k8s.io/v1, one with the feature, one that drops the
+    /// capacity field (feature gate off).
+    #[test]
+    fn dra_support_is_asked_of_discovery_and_a_dry_run() {
+        let discovery = json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "resource.k8s.io/v1",
+            "resources": [{"name": "resourceclaimtemplates", "singularName": "resourceclaimtemplate",
+                           "namespaced": true, "kind": "ResourceClaimTemplate", "verbs": ["create", "get"]}]});
+        for (served, keeps_capacity, want) in [
+            (false, false, Err("Kubernetes 1.34")),
+            (true, true, Ok(())),
+            (
+                true,
+                false,
+                Err("DRAConsumableCapacity feature gate is off"),
+            ),
+        ] {
+            let discovery = discovery.clone();
+            block_on(async move {
+                let (service, mut handle) = tower_test::mock::pair();
+                let client = Client::new(service, "default");
+                let server = tokio::spawn(async move {
+                    let (m, uri, _, send) = next(&mut handle).await;
+                    assert_eq!(
+                        (m, uri.as_str()),
+                        (http::Method::GET, "/apis/resource.k8s.io/v1")
+                    );
+                    if !served {
+                        respond(
+                            send,
+                            404,
+                            failure(
+                                404,
+                                "NotFound",
+                                "the server could not find the requested resource",
+                            ),
+                        );
+                        return;
+                    }
+                    respond(send, 200, discovery);
+                    let (m, uri, mut body, send) = next(&mut handle).await;
+                    assert_eq!(m, http::Method::POST);
+                    assert_eq!(
+                        uri,
+                        "/apis/resource.k8s.io/v1/namespaces/kube-system/resourceclaimtemplates?&dryRun=All"
+                    );
+                    let exactly = &mut body["spec"]["spec"]["devices"]["requests"][0]["exactly"];
+                    assert!(exactly.get("capacity").is_some());
+                    if !keeps_capacity {
+                        exactly.as_object_mut().unwrap().remove("capacity");
+                    }
+                    respond(send, 201, body);
+                });
+                let got = dra_support(&client, "kube-system").await;
+                match (got, want) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(e), Err(needle)) => assert!(e.contains(needle), "{e}"),
+                    (got, want) => panic!("got {got:?}, want {want:?}"),
+                }
+                server.await.unwrap();
+            });
+        }
     }
 }

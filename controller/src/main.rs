@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
 use hami_controller::admission::mutate::WebhookConfig;
 use hami_controller::admission::tls::{server_config, TlsListener};
-use hami_controller::kube_cluster::KubeCluster;
+use hami_controller::kube_cluster::{dra_support, KubeCluster};
 use hami_controller::leader::LeaderConfig;
 use hami_controller::server::{router, webhook_router, Settings};
 use hami_controller::simulate::openb::{read_nodes, read_pods};
@@ -103,6 +103,10 @@ enum Command {
         /// GPU_CORE_UTILIZATION_POLICY injected into NVIDIA containers (default, force, disable).
         #[arg(long)]
         core_policy: Option<String>,
+        /// Convert NVIDIA requests to DRA ResourceClaims, when the cluster
+        /// supports it (checked at start; otherwise the extender path stays).
+        #[arg(long)]
+        dra: bool,
     },
 }
 
@@ -170,6 +174,8 @@ struct Webhook {
     cert: PathBuf,
     key: PathBuf,
     config: WebhookConfig,
+    /// Where the DRA support probe runs its dry-run create.
+    namespace: String,
 }
 
 async fn serve(
@@ -188,8 +194,17 @@ async fn serve(
         let cfg = LeaderConfig::new(e.lease_name, e.identity);
         tokio::spawn(hami_controller::leader::run(api, cfg, leader));
     }
-    let cluster = KubeCluster::start_with(client, settings.profiles.clone());
-    if let Some(w) = webhook {
+    let cluster = KubeCluster::start_with(client.clone(), settings.profiles.clone());
+    if let Some(mut w) = webhook {
+        if w.config.dra {
+            match dra_support(&client, &w.namespace).await {
+                Ok(()) => tracing::info!("DRA conversion on: pods get ResourceClaims"),
+                Err(e) => {
+                    tracing::warn!("DRA conversion asked for but not possible here: {e}; pods keep the scheduler-extender path");
+                    w.config.dra = false;
+                }
+            }
+        }
         let tls = server_config(&w.cert, &w.key).context("loading the webhook certificate")?;
         let tcp = tokio::net::TcpListener::bind(w.listen)
             .await
@@ -239,6 +254,7 @@ fn main() -> Result<()> {
             scheduler_name,
             runtime_class,
             core_policy,
+            dra,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -263,7 +279,7 @@ fn main() -> Result<()> {
                 };
                 Some(Election {
                     lease_name,
-                    lease_namespace,
+                    lease_namespace: lease_namespace.clone(),
                     identity,
                 })
             } else {
@@ -278,7 +294,9 @@ fn main() -> Result<()> {
                     runtime_class,
                     core_policy,
                     profiles: settings.profiles.clone(),
+                    dra,
                 },
+                namespace: lease_namespace,
             });
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -44,6 +44,13 @@ pub trait Cluster: Send + Sync + 'static {
     /// Records a Warning event on the pod (best effort: a lost event never
     /// changes a scheduling decision).
     fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String);
+    /// Creates the ResourceClaimTemplates a DRA conversion references
+    /// (one that already exists is fine: templates are named by content).
+    fn create_claim_templates(
+        &self,
+        namespace: &str,
+        templates: Vec<serde_json::Value>,
+    ) -> BoxFuture<'static, Result<(), String>>;
     /// Merges `annotations` into the pod's.
     fn annotate(
         &self,
@@ -490,6 +497,24 @@ async fn webhook_handler(
     let response = match mutate::review(object, &app.config, &facts) {
         mutate::Verdict::Untouched => untouched,
         mutate::Verdict::Mutate(ops) => AdmissionResponse::allow(&request.uid, &ops),
+        mutate::Verdict::Convert(conversion) => {
+            // A dry-run admission must have no side effects.
+            let created = if request.dry_run == Some(true) {
+                Ok(())
+            } else {
+                let namespace = request.namespace.as_deref().unwrap_or("default");
+                app.cluster
+                    .create_claim_templates(namespace, conversion.templates)
+                    .await
+            };
+            match created {
+                Ok(()) => AdmissionResponse::allow(&request.uid, &conversion.ops),
+                Err(e) => AdmissionResponse::deny(
+                    &request.uid,
+                    format!("hami-controller: creating the pod's ResourceClaimTemplate: {e}"),
+                ),
+            }
+        }
         mutate::Verdict::Deny(message) => AdmissionResponse::deny(&request.uid, message),
     };
     Json(response.into_review()).into_response()

@@ -537,6 +537,7 @@ fn a_stalled_decision_gets_an_error_before_the_scheduler_gives_up() {
             writes: Mutex::new(Vec::new()),
             binds: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
+            templates: Mutex::new(Vec::new()),
         });
         let settings = Settings {
             request_timeout: std::time::Duration::from_millis(200),

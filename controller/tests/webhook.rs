@@ -359,3 +359,68 @@ fn the_webhook_answers_over_tls_and_serves_a_rotated_certificate() {
         assert_eq!(presented, second.to_vec());
     });
 }
+
+#[test]
+fn dra_mode_creates_the_templates_and_patches_the_pod() {
+    runtime().block_on(async {
+        let config = WebhookConfig {
+            dra: true,
+            ..WebhookConfig::default()
+        };
+        let body = serde_json::to_vec(&review_with(
+            json!({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "3000"}),
+            "default",
+        ))
+        .unwrap();
+        let c = cluster();
+        let post_with = |c: Arc<common::FakeCluster>, body: Vec<u8>| {
+            let app = webhook_router(c, config.clone(), 1 << 20);
+            async move {
+                let res = app
+                    .oneshot(Request::post("/webhook").body(Body::from(body)).unwrap())
+                    .await
+                    .unwrap();
+                let bytes = res.into_body().collect().await.unwrap().to_bytes();
+                serde_json::from_slice::<Value>(&bytes).unwrap()
+            }
+        };
+        let reply = readable(post_with(c.clone(), body.clone()).await);
+        assert_eq!(reply["response"]["allowed"], true, "{reply}");
+        let templates = c.templates.lock().unwrap().clone();
+        assert_eq!(templates.len(), 1);
+        let (ns, t) = &templates[0];
+        assert_eq!(ns, "default");
+        let claims = reply["response"]["patch"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|op| op["path"] == "/spec/resourceClaims")
+            .unwrap();
+        assert_eq!(
+            claims["value"][0]["resourceClaimTemplateName"],
+            t["metadata"]["name"]
+        );
+        // A dry-run admission creates nothing.
+        let mut dry = review_with(json!({"nvidia.com/gpu": "1"}), "default");
+        dry["request"]["dryRun"] = json!(true);
+        let c = cluster();
+        let reply = post_with(c.clone(), serde_json::to_vec(&dry).unwrap()).await;
+        assert_eq!(reply["response"]["allowed"], true);
+        assert!(c.templates.lock().unwrap().is_empty());
+        // The API refusing the template refuses the pod, saying why.
+        let failing = cluster_with_quotas(&[], &[], &[], true, true);
+        let reply = post_with(failing, body).await;
+        assert_eq!(reply["response"]["allowed"], false);
+        assert!(reply["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ResourceClaimTemplate"));
+    });
+}
+
+#[test]
+fn the_shipped_device_class_is_the_one_claims_name() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dra-deviceclass.json");
+    let shipped: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(shipped, hami_controller::admission::dra::device_class());
+}

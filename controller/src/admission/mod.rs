@@ -2,6 +2,7 @@
 //! AdmissionReview v1 over HTTPS), HAMi's extended ResourceQuota, and the
 //! webhook's TLS server.
 
+pub mod dra;
 pub mod json_patch;
 pub mod mutate;
 pub mod quota;

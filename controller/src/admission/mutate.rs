@@ -10,6 +10,7 @@ use hami_api::keys;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
+use super::dra::{self, Conversion};
 use super::json_patch::{set, PatchOp};
 use super::quota::{pod_usage, QuotaCheck};
 use crate::schedule::pod::pod_request_any;
@@ -26,6 +27,9 @@ pub struct WebhookConfig {
     /// (`default`, `force`, `disable`), when configured.
     pub core_policy: Option<String>,
     pub profiles: Vec<VendorProfile>,
+    /// Convert NVIDIA requests to DRA ResourceClaims (only when the cluster
+    /// serves resource.k8s.io/v1 with consumable capacity; see `dra_support`).
+    pub dra: bool,
 }
 
 impl Default for WebhookConfig {
@@ -35,6 +39,7 @@ impl Default for WebhookConfig {
             runtime_class: None,
             core_policy: None,
             profiles: VendorProfile::defaults(),
+            dra: false,
         }
     }
 }
@@ -54,6 +59,8 @@ pub struct Facts {
 pub enum Verdict {
     Untouched,
     Mutate(Vec<PatchOp>),
+    /// Patched to DRA claims; the templates must exist before the pod is admitted.
+    Convert(Conversion),
     Deny(String),
 }
 
@@ -243,6 +250,47 @@ pub fn review(object: &Value, config: &WebhookConfig, facts: &Facts) -> Verdict 
     if let Some(quota) = &facts.quota {
         if let Err(e) = quota.admit(&pod_usage(&request), profile) {
             return Verdict::Deny(format!("hami-controller: {e}"));
+        }
+    }
+
+    if config.dra && profile.name() == "nvidia" {
+        let slots: Vec<_> = request.init.iter().chain(&request.app).collect();
+        let all_containers: Vec<(&str, usize, &Container)> = lists
+            .iter()
+            .flat_map(|(list, cs)| cs.iter().enumerate().map(move |(i, c)| (*list, i, c)))
+            .collect();
+        let asked: Vec<(
+            &str,
+            usize,
+            &str,
+            crate::schedule::request::ContainerRequest,
+        )> = all_containers
+            .iter()
+            .zip(&slots)
+            .filter_map(|((list, i, c), r)| r.map(|r| (*list, *i, c.name.as_str(), r)))
+            .collect();
+        // A percentage of memory is not a capacity request: such pods keep
+        // the extender path.
+        if asked.iter().all(|(_, _, _, r)| dra::convertible(r)) {
+            let r = &profile.resources;
+            let names: Vec<&str> = [
+                Some(&r.resource_count_name),
+                r.resource_memory_name.as_ref(),
+                r.resource_memory_percentage_name.as_ref(),
+                r.resource_core_name.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            return Verdict::Convert(dra::convert(
+                object,
+                namespace,
+                &asked,
+                &request.selection,
+                &names,
+            ));
         }
     }
 
@@ -461,6 +509,53 @@ mod tests {
         assert!(out["spec"]["initContainers"][0]["resources"]["limits"]
             .get("nvidia.com/gpucores")
             .is_none());
+    }
+
+    #[test]
+    fn dra_mode_turns_requests_into_claims() {
+        let mut pod = pod_with(
+            json!({"nvidia.com/gpu": "2", "nvidia.com/gpumem": "3000", "nvidia.com/gpucores": "30"}),
+        );
+        pod["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] = json!("2");
+        pod["metadata"]["annotations"]["nvidia.com/use-gpuuuid"] = json!("GPU-a,GPU-b");
+        let config = WebhookConfig {
+            dra: true,
+            ..WebhookConfig::default()
+        };
+        let Verdict::Convert(c) = review(&pod, &config, &Facts::default()) else {
+            panic!("expected a conversion")
+        };
+        assert_eq!(c.templates.len(), 1);
+        let t = &c.templates[0];
+        assert_eq!(t["kind"], "ResourceClaimTemplate");
+        assert_eq!(t["metadata"]["namespace"], "default");
+        let exactly = &t["spec"]["spec"]["devices"]["requests"][0]["exactly"];
+        assert_eq!(exactly["count"], 2);
+        assert_eq!(
+            exactly["capacity"]["requests"],
+            json!({"memory": "3145728000", "cores": "30"})
+        );
+        assert_eq!(
+            exactly["selectors"][0]["cel"]["expression"],
+            "device.attributes[\"hami-core-gpu.project-hami.io\"].uuid in [\"GPU-a\", \"GPU-b\"]"
+        );
+        let out = patched(&pod, &c.ops);
+        let res = &out["spec"]["containers"][0]["resources"];
+        assert_eq!(res["limits"], json!({}), "the extended resources are gone");
+        assert_eq!(res["requests"], json!({"cpu": "100m", "memory": "64Mi"}));
+        assert_eq!(res["claims"], json!([{"name": "hami-containers-c"}]));
+        assert_eq!(
+            out["spec"]["resourceClaims"],
+            json!([{"name": "hami-containers-c", "resourceClaimTemplateName": t["metadata"]["name"]}])
+        );
+        // The default scheduler allocates claims: schedulerName is untouched.
+        assert_eq!(out["spec"]["schedulerName"], pod["spec"]["schedulerName"]);
+        // A percentage of memory keeps the extender path.
+        let pct = pod_with(json!({"nvidia.com/gpumem-percentage": "50"}));
+        assert!(matches!(
+            review(&pct, &config, &Facts::default()),
+            Verdict::Mutate(_)
+        ));
     }
 
     #[test]

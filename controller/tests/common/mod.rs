@@ -23,6 +23,8 @@ pub struct FakeCluster {
     pub writes: Mutex<Vec<Write>>,
     pub binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
     pub events: Mutex<Vec<String>>,
+    /// ResourceClaimTemplates created, with their namespace.
+    pub templates: Mutex<Vec<(String, Value)>>,
 }
 
 impl Cluster for FakeCluster {
@@ -51,6 +53,26 @@ impl Cluster for FakeCluster {
             .lock()
             .unwrap()
             .push(format!("{namespace}/{name}/{uid} {reason}: {message}"));
+    }
+    fn create_claim_templates(
+        &self,
+        namespace: &str,
+        templates: Vec<Value>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let fail = self.fail_writes;
+        if !fail {
+            self.templates
+                .lock()
+                .unwrap()
+                .extend(templates.into_iter().map(|t| (namespace.to_owned(), t)));
+        }
+        Box::pin(async move {
+            if fail {
+                Err("the API server said no".into())
+            } else {
+                Ok(())
+            }
+        })
     }
     fn annotate(
         &self,
@@ -133,5 +155,6 @@ pub fn cluster_with_quotas(
         writes: Mutex::new(Vec::new()),
         binds: Mutex::new(Vec::new()),
         events: Mutex::new(Vec::new()),
+        templates: Mutex::new(Vec::new()),
     })
 }
