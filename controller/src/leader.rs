@@ -79,6 +79,41 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     }
 }
 
+/// Follow mode: this replica leads while the Lease is held, unexpired, by
+/// an identity that is this replica's (kube-scheduler writes
+/// `<hostname>_<uuid>`, and the hostname is the pod name). Used when the
+/// extender runs beside kube-scheduler in one pod: the extender must decide
+/// exactly when its own scheduler does, so it follows the scheduler's Lease
+/// instead of holding one of its own.
+pub fn follows(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> bool {
+    let Some(spec) = spec else {
+        return false;
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    let mine = holder == me
+        || holder
+            .strip_prefix(me)
+            .is_some_and(|rest| rest.starts_with('_'));
+    mine && decide(Some(spec), "", now) != Decision::TakeOver
+}
+
+/// Runs follow mode forever, keeping `leader` up to date.
+pub async fn follow(api: Api<Lease>, cfg: LeaderConfig, leader: Arc<AtomicBool>) {
+    loop {
+        let now_leading = match api.get_opt(&cfg.lease_name).await {
+            Ok(lease) => follows(lease.and_then(|l| l.spec).as_ref(), &cfg.identity, now()),
+            Err(e) => {
+                tracing::warn!("reading lease {}: {e}", cfg.lease_name);
+                false
+            }
+        };
+        if leader.swap(now_leading, Ordering::AcqRel) != now_leading {
+            tracing::info!(identity = %cfg.identity, leading = now_leading, "the scheduler's lease changed hands");
+        }
+        tokio::time::sleep(cfg.retry_period).await;
+    }
+}
+
 fn spec_for(
     cfg: &LeaderConfig,
     now: Timestamp,
@@ -220,6 +255,28 @@ mod tests {
         for (lease, now, want) in cases {
             assert_eq!(
                 decide(lease.as_ref(), "me", at(now)),
+                want,
+                "{lease:?} at {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn following_the_schedulers_lease() {
+        let held = |holder: &str, renewed: i64| spec(holder, Some(renewed));
+        let cases = [
+            (Some(held("hami-scheduler-7d9f-abc_3f2e-uuid", 0)), 5, true),
+            (Some(held("hami-scheduler-7d9f-abc", 0)), 5, true),
+            // Another pod whose name starts like ours is not us.
+            (Some(held("hami-scheduler-7d9f-abcd_1", 0)), 5, false),
+            (Some(held("other_1", 0)), 5, false),
+            // Our scheduler stopped renewing: not leading any more.
+            (Some(held("hami-scheduler-7d9f-abc_1", 0)), 16, false),
+            (None, 0, false),
+        ];
+        for (lease, now, want) in cases {
+            assert_eq!(
+                follows(lease.as_ref(), "hami-scheduler-7d9f-abc", at(now)),
                 want,
                 "{lease:?} at {now}"
             );

@@ -80,6 +80,11 @@ enum Command {
         leader_elect: bool,
         #[arg(long, default_value = "hami-scheduler")]
         lease_name: String,
+        /// Do not hold a Lease: lead while the co-located kube-scheduler
+        /// holds --lease-name (its identity starts with this pod's name), so
+        /// the extender decides exactly when its scheduler does.
+        #[arg(long)]
+        follow_scheduler_lease: bool,
         /// The Lease's namespace (the chart passes the pod's).
         #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
         lease_namespace: String,
@@ -114,6 +119,7 @@ struct Election {
     lease_name: String,
     lease_namespace: String,
     identity: String,
+    follow: bool,
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -192,7 +198,11 @@ async fn serve(
         settings.leader = Some(leader.clone());
         let api = kube::Api::namespaced(client.clone(), &e.lease_namespace);
         let cfg = LeaderConfig::new(e.lease_name, e.identity);
-        tokio::spawn(hami_controller::leader::run(api, cfg, leader));
+        if e.follow {
+            tokio::spawn(hami_controller::leader::follow(api, cfg, leader));
+        } else {
+            tokio::spawn(hami_controller::leader::run(api, cfg, leader));
+        }
     }
     let cluster = KubeCluster::start_with(client.clone(), settings.profiles.clone());
     if let Some(mut w) = webhook {
@@ -246,6 +256,7 @@ fn main() -> Result<()> {
             request_timeout_ms,
             leader_elect,
             lease_name,
+            follow_scheduler_lease,
             lease_namespace,
             identity,
             webhook_listen,
@@ -281,6 +292,7 @@ fn main() -> Result<()> {
                     lease_name,
                     lease_namespace: lease_namespace.clone(),
                     identity,
+                    follow: follow_scheduler_lease,
                 })
             } else {
                 None
