@@ -18,6 +18,7 @@ declare -A PROVIDER=(
     [ldd]=libc-bin
     # the webhook's HTTPS test makes its self-signed certificate with it
     [openssl]=openssl
+    [yamllint]=yamllint
 )
 
 missing=()
@@ -36,7 +37,7 @@ if ((${#missing[@]})); then
     echo "hack/prereqs.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux openssl >/dev/null
+    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux openssl yamllint >/dev/null
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

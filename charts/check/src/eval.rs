@@ -39,7 +39,7 @@ pub fn text(v: &Value) -> String {
     }
 }
 
-/// Go's `encoding/json` and `yaml.Marshal` write map keys sorted.
+/// Go's `encoding/json` writes map keys sorted.
 fn sorted(v: &Value) -> Value {
     match v {
         Value::Object(o) => {
@@ -54,6 +54,87 @@ fn sorted(v: &Value) -> Value {
         Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
         other => other.clone(),
     }
+}
+
+/// Whether a string must be quoted to stay a string for a YAML 1.1 reader
+/// (go-yaml v2, which Helm's `toYaml` writes for): booleans like `on`/`yes`,
+/// nulls, numbers, and text that YAML would read as syntax.
+fn needs_quotes(s: &str) -> bool {
+    const WORDS: [&str; 13] = [
+        "y", "yes", "n", "no", "true", "false", "on", "off", "null", "~", "", ".nan", ".inf",
+    ];
+    WORDS.contains(&s.to_ascii_lowercase().as_str())
+        || s.parse::<f64>().is_ok()
+        || s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` ".contains(c))
+        || s.ends_with(' ')
+        || s.contains(": ")
+        || s.contains(" #")
+        || s.contains('\n')
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) if needs_quotes(s) => {
+            serde_json::to_string(s).expect("a string serialises")
+        }
+        Value::String(s) => s.clone(),
+        Value::Array(_) => "[]".into(),
+        Value::Object(_) => "{}".into(),
+    }
+}
+
+fn emit(v: &Value, pad: usize, out: &mut Vec<String>) {
+    let p = " ".repeat(pad);
+    match v {
+        Value::Object(o) if !o.is_empty() => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort();
+            for k in keys {
+                let key = scalar(&Value::String(k.clone()));
+                match &o[k] {
+                    Value::Object(m) if !m.is_empty() => {
+                        out.push(format!("{p}{key}:"));
+                        emit(&o[k], pad + 2, out);
+                    }
+                    // go-yaml v2 writes a map's list at the key's own indent.
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push(format!("{p}{key}:"));
+                        emit(&o[k], pad, out);
+                    }
+                    other => out.push(format!("{p}{key}: {}", scalar(other))),
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        let mut lines = Vec::new();
+                        emit(item, pad + 2, &mut lines);
+                        let first = lines.remove(0);
+                        out.push(format!("{p}- {}", &first[pad + 2..]));
+                        out.extend(lines);
+                    }
+                    Value::Array(inner) if !inner.is_empty() => {
+                        out.push(format!("{p}-"));
+                        emit(item, pad + 2, out);
+                    }
+                    other => out.push(format!("{p}- {}", scalar(other))),
+                }
+            }
+        }
+        other => out.push(format!("{p}{}", scalar(other))),
+    }
+}
+
+/// Helm's `toYaml`: keys sorted, YAML 1.1-safe quoting, no trailing newline.
+pub fn to_yaml(v: &Value) -> String {
+    let mut lines = Vec::new();
+    emit(v, 0, &mut lines);
+    lines.join("\n")
 }
 
 fn indent(n: usize, s: &str) -> String {
