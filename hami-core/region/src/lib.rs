@@ -11,6 +11,7 @@
 //! process, and happens before the driver is called.
 
 pub mod layout;
+pub mod snapshot;
 
 /// Devices one container can be limited on; every per-device array has this many entries.
 pub const MAX_DEVICES: usize = 16;
