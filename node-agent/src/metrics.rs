@@ -1,0 +1,133 @@
+//! The node agent's `/metrics`: per-container device memory and limits under
+//! HAMi's vGPU monitor names (so its dashboards and HAMi-WebUI read them) and
+//! the hami-rs contract names, plus what the monitor could not read.
+
+use std::fmt::Write;
+
+use crate::monitor::Report;
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    rows: Vec<(String, f64)>,
+}
+
+/// The metrics text for `report`, read on `node`.
+pub fn render(report: &Report, node: &str) -> String {
+    let mut used = Vec::new();
+    let mut limit = Vec::new();
+    let mut hami_used = Vec::new();
+    let mut hami_limit = Vec::new();
+    let mut core_limit = Vec::new();
+    let mut processes = Vec::new();
+    let mut recoveries = Vec::new();
+    for c in &report.containers {
+        let o = &c.owner;
+        let who = format!(
+            "node=\"{}\",namespace=\"{}\",pod=\"{}\",container=\"{}\",allocation=\"{}\"",
+            esc(node),
+            esc(&o.namespace),
+            esc(&o.pod),
+            esc(&o.container),
+            esc(&c.allocation)
+        );
+        processes.push((who.clone(), f64::from(c.snapshot.processes)));
+        recoveries.push((who.clone(), c.snapshot.recoveries as f64));
+        for i in 0..c.snapshot.used_bytes.len() {
+            let (u, l, sm) = (
+                c.snapshot.used_bytes[i],
+                c.snapshot.limits.memory_bytes[i],
+                c.snapshot.limits.sm_percent[i],
+            );
+            // Devices the container has neither a limit on nor uses are not its devices.
+            if u == 0 && l == 0 && sm == 0 {
+                continue;
+            }
+            let uuid = o.devices.get(i).map(String::as_str).unwrap_or_default();
+            let hami = format!(
+                "ctrname=\"{}\",deviceuuid=\"{}\",podname=\"{}\",podnamespace=\"{}\",vdeviceid=\"{i}\"",
+                esc(&o.container),
+                esc(uuid),
+                esc(&o.pod),
+                esc(&o.namespace)
+            );
+            let ours = format!("{who},deviceidx=\"{i}\",deviceuuid=\"{}\"", esc(uuid));
+            used.push((hami.clone(), u as f64));
+            hami_used.push((ours.clone(), u as f64));
+            if l > 0 {
+                limit.push((hami, l as f64));
+                hami_limit.push((ours.clone(), l as f64));
+            }
+            if sm > 0 {
+                core_limit.push((ours, f64::from(sm) / 100.0));
+            }
+        }
+    }
+    let errors = report
+        .errors
+        .iter()
+        .map(|(allocation, _)| {
+            (
+                format!("node=\"{}\",allocation=\"{}\"", esc(node), esc(allocation)),
+                1.0,
+            )
+        })
+        .collect();
+    let families = [
+        Family {
+            name: "vGPU_device_memory_usage_in_bytes",
+            help: "vGPU device usage (HAMi's name)",
+            rows: used,
+        },
+        Family {
+            name: "vGPU_device_memory_limit_in_bytes",
+            help: "vGPU device limit (HAMi's name)",
+            rows: limit,
+        },
+        Family {
+            name: "hami_vgpu_memory_used_bytes",
+            help: "Device memory a container's processes hold",
+            rows: hami_used,
+        },
+        Family {
+            name: "hami_vgpu_memory_limit_bytes",
+            help: "A container's device memory limit",
+            rows: hami_limit,
+        },
+        Family {
+            name: "hami_vgpu_core_limit_ratio",
+            help: "A container's compute share (0-1)",
+            rows: core_limit,
+        },
+        Family {
+            name: "hami_container_processes",
+            help: "Processes holding a slot in the container's region",
+            rows: processes,
+        },
+        Family {
+            name: "hami_region_lock_recoveries",
+            help: "Times the region lock was recovered from a dead owner",
+            rows: recoveries,
+        },
+        Family {
+            name: "hami_region_read_errors",
+            help: "Regions the monitor could not read (1 each; see the log)",
+            rows: errors,
+        },
+    ];
+    let mut out = String::new();
+    for f in &families {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} gauge", f.name);
+        for (labels, v) in &f.rows {
+            let _ = writeln!(out, "{}{{{labels}}} {v}", f.name);
+        }
+    }
+    out
+}
