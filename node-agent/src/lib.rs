@@ -4,9 +4,13 @@
 //!   as Prometheus metrics;
 //! - [`doctor`]: the node's prerequisites as a table.
 //!
-//! Not built yet: the kubelet device plugin and the DRA kubelet plugin.
+//! - [`device_plugin`] and [`kubelet`]: the kubelet device plugin (v1beta1).
+//!
+//! Not built yet: the DRA kubelet plugin.
 
+pub mod device_plugin;
 pub mod doctor;
+pub mod kubelet;
 pub mod metrics;
 pub mod monitor;
 pub mod register;

@@ -1,0 +1,300 @@
+//! The device plugin over real gRPC on unix sockets in a temp directory: a
+//! fake kubelet's Registration service receives the registration, a tonic
+//! client generated from the same protos calls ListAndWatch and Allocate,
+//! and the kubelet "restarts" (its socket is recreated) to check that the
+//! plugin registers again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use hami_api::{BindPhase, ContainerDevice, PodAllocation};
+use hami_cdi::builder::{Layout, DEFAULT_KIND};
+use hami_cdi::discovery::{DiscoveredDevice, Inventory, NodeMapping, Vendor};
+use hami_cdi::store::SpecStore;
+use hami_node::device_plugin::api::device_plugin_client::DevicePluginClient;
+use hami_node::device_plugin::api::registration_server::{Registration, RegistrationServer};
+use hami_node::device_plugin::api::{
+    AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest,
+};
+use hami_node::device_plugin::{replicas, PendingPod, Plugin, PluginDevice, PodSource, SpecWriter};
+use hami_node::kubelet::{self, KUBELET_SOCKET};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnixListenerStream;
+
+struct FakeKubelet {
+    seen: mpsc::UnboundedSender<RegisterRequest>,
+}
+
+#[tonic::async_trait]
+impl Registration for FakeKubelet {
+    async fn register(
+        &self,
+        request: tonic::Request<RegisterRequest>,
+    ) -> Result<tonic::Response<Empty>, tonic::Status> {
+        let _ = self.seen.send(request.into_inner());
+        Ok(tonic::Response::new(Empty {}))
+    }
+}
+
+fn start_kubelet(
+    dir: &std::path::Path,
+    seen: mpsc::UnboundedSender<RegisterRequest>,
+) -> tokio::task::JoinHandle<()> {
+    let path = dir.join(KUBELET_SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(FakeKubelet { seen }))
+            .serve_with_incoming(UnixListenerStream::new(listener))
+            .await
+            .unwrap();
+    })
+}
+
+#[derive(Default)]
+struct PodState {
+    pending: Mutex<Vec<PendingPod>>,
+    phases: Mutex<Vec<(String, BindPhase)>>,
+}
+
+/// The pods the API server would list, and the phases written back.
+#[derive(Clone, Default)]
+struct Pods(Arc<PodState>);
+
+impl std::ops::Deref for Pods {
+    type Target = PodState;
+    fn deref(&self) -> &PodState {
+        &self.0
+    }
+}
+
+impl PodSource for Pods {
+    fn pending(&self) -> BoxFuture<'static, Result<Vec<PendingPod>, String>> {
+        let pods = self.pending.lock().unwrap().clone();
+        Box::pin(async move { Ok(pods) })
+    }
+    fn set_phase(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: BindPhase,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.phases
+            .lock()
+            .unwrap()
+            .push((format!("{namespace}/{name}"), phase));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn dev(uuid: &str, mib: u32) -> ContainerDevice {
+    ContainerDevice {
+        uuid: uuid.into(),
+        device_type: "NVIDIA-Fake".into(),
+        mem_mib: mib,
+        cores: 30,
+    }
+}
+
+fn pod(
+    name: &str,
+    bind_time: i64,
+    slots: Vec<Vec<ContainerDevice>>,
+    containers: &[&str],
+) -> PendingPod {
+    PendingPod {
+        namespace: "default".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        bind_time,
+        allocation: PodAllocation::new(slots),
+        containers: containers.iter().map(|c| (*c).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let work = tempfile::tempdir().unwrap();
+            let plugins = work.path().join("device-plugins");
+            std::fs::create_dir_all(&plugins).unwrap();
+            let (seen, mut registrations) = mpsc::unbounded_channel();
+            let kubelet_task = start_kubelet(&plugins, seen.clone());
+
+            let inventory = Inventory {
+                vendor: Vendor::Mock,
+                devices: (0..2)
+                    .map(|i| DiscoveredDevice {
+                        index: i,
+                        uuid: format!("GPU-fake-{i}"),
+                        memory_bytes: 8192 << 20,
+                        model: "Fake".into(),
+                        nodes: vec![NodeMapping::same("/dev/null")],
+                    })
+                    .collect(),
+                shared_nodes: vec![],
+                env: BTreeMap::new(),
+                mounts: vec![],
+            };
+            let layout = Layout {
+                kind: DEFAULT_KIND.into(),
+                library: work.path().join("libhami_core.so"),
+                state_dir: work.path().join("state"),
+                hook: None,
+            };
+            let cdi = work.path().join("cdi");
+            let writer = Arc::new(SpecWriter {
+                inventory,
+                layout,
+                store: SpecStore::new(&cdi),
+            });
+            let devices: Vec<PluginDevice> = (0..2)
+                .map(|i| PluginDevice {
+                    uuid: format!("GPU-fake-{i}"),
+                    numa: 0,
+                    healthy: true,
+                })
+                .collect();
+            let (_devices_tx, devices_rx) = tokio::sync::watch::channel(replicas(&devices, 4));
+            let pods = Pods::default();
+            // Two pending pods (an expired lock let both through): "late"
+            // asks 1 device in one container; "early" has two containers,
+            // 2 devices then 1, and an empty sidecar slot between.
+            *pods.pending.lock().unwrap() = vec![
+                pod("late", 200, vec![vec![dev("GPU-fake-1", 500)]], &["c"]),
+                pod(
+                    "early",
+                    100,
+                    vec![
+                        vec![dev("GPU-fake-0", 1000), dev("GPU-fake-1", 1000)],
+                        vec![],
+                        vec![dev("GPU-fake-0", 2000)],
+                    ],
+                    &["train", "sidecar", "eval"],
+                ),
+            ];
+            let plugin = Arc::new(Plugin {
+                devices: devices_rx,
+                pods: Arc::new(pods.clone()),
+                writer,
+                taken: Mutex::new(HashMap::new()),
+            });
+            let agent = tokio::spawn(kubelet::run(
+                plugin,
+                plugins.clone(),
+                "hami-nvidia.sock".into(),
+                "nvidia.com/gpu".into(),
+                Duration::from_millis(50),
+            ));
+
+            let first = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (
+                    first.version.as_str(),
+                    first.endpoint.as_str(),
+                    first.resource_name.as_str()
+                ),
+                ("v1beta1", "hami-nvidia.sock", "nvidia.com/gpu")
+            );
+
+            let channel = kubelet::connect(&plugins.join("hami-nvidia.sock"))
+                .await
+                .unwrap();
+            let mut client = DevicePluginClient::new(channel);
+            let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
+            let listed = stream.next().await.unwrap().unwrap();
+            assert_eq!(listed.devices.len(), 8, "2 devices x split 4");
+            assert_eq!(listed.devices[0].id, "GPU-fake-0::0");
+            assert!(listed.devices.iter().all(|d| d.health == "Healthy"));
+
+            let allocate = |n: usize| AllocateRequest {
+                container_requests: vec![ContainerAllocateRequest {
+                    devices_ids: (0..n)
+                        .map(|i| format!("whatever-kubelet-picked-{i}"))
+                        .collect(),
+                }],
+            };
+            // 1 device: "early" goes first (bind-time) but its next slot wants 2,
+            // so this is "late"'s container.
+            let r = client.allocate(allocate(1)).await.unwrap().into_inner();
+            let c = &r.container_responses[0];
+            assert_eq!(c.cdi_devices[0].name, "hami.io/vgpu=default_late_c");
+            assert_eq!(
+                c.envs.get("CUDA_DEVICE_MEMORY_LIMIT_0").map(String::as_str),
+                Some("500m"),
+                "{:?}",
+                c.envs
+            );
+            assert!(
+                cdi.join("hami.io-vgpu_default_late_c.json").exists()
+                    || std::fs::read_dir(&cdi).unwrap().count() == 1
+            );
+            // Then "early": 2 devices for "train", 1 for "eval" (the sidecar is skipped).
+            let r = client.allocate(allocate(2)).await.unwrap().into_inner();
+            assert_eq!(
+                r.container_responses[0].cdi_devices[0].name,
+                "hami.io/vgpu=default_early_train"
+            );
+            let r = client.allocate(allocate(1)).await.unwrap().into_inner();
+            assert_eq!(
+                r.container_responses[0].cdi_devices[0].name,
+                "hami.io/vgpu=default_early_eval"
+            );
+            // Nothing left to match: a clear error, never another pod's devices.
+            let e = client.allocate(allocate(1)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(
+                *pods.phases.lock().unwrap(),
+                [
+                    ("default/late".to_owned(), BindPhase::Success),
+                    ("default/early".to_owned(), BindPhase::Success)
+                ]
+            );
+            let mut specs: Vec<String> = std::fs::read_dir(&cdi)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            specs.sort();
+            assert_eq!(
+                specs,
+                [
+                    "hami.io-vgpu_default_early_eval.json",
+                    "hami.io-vgpu_default_early_train.json",
+                    "hami.io-vgpu_default_late_c.json"
+                ]
+            );
+            // The monitor can tell whose region this is.
+            let owner =
+                std::fs::read_to_string(work.path().join("state/default_early_train/owner.json"))
+                    .unwrap();
+            assert!(owner.contains("\"GPU-fake-1\""), "{owner}");
+
+            // kubelet restarts: a new socket, and the plugin's socket wiped.
+            kubelet_task.abort();
+            std::fs::remove_file(plugins.join(KUBELET_SOCKET)).unwrap();
+            std::fs::remove_file(plugins.join("hami-nvidia.sock")).unwrap();
+            let _again = start_kubelet(&plugins, seen);
+            let second = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(second.resource_name, "nvidia.com/gpu");
+            assert!(
+                plugins.join("hami-nvidia.sock").exists(),
+                "the plugin serves again"
+            );
+            agent.abort();
+        });
+}
