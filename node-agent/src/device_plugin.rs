@@ -215,6 +215,9 @@ pub struct Plugin {
     pub devices: watch::Receiver<Vec<api::Device>>,
     pub pods: Arc<dyn PodSource>,
     pub writer: Arc<SpecWriter>,
+    /// Name the CDI device in the response (runtimes with CDI use it; the
+    /// classic env, mounts and devices are returned either way).
+    pub cdi: bool,
     /// Container slots already allocated, per pod UID.
     pub taken: Mutex<HashMap<String, BTreeSet<usize>>>,
 }
@@ -235,7 +238,10 @@ impl Plugin {
         };
         let pod = &pods[p];
         match self.writer.write(pod, slot) {
-            Ok(response) => {
+            Ok(mut response) => {
+                if !self.cdi {
+                    response.cdi_devices.clear();
+                }
                 let finished = {
                     let mut taken = self.taken.lock().expect("taken lock");
                     let done = taken.entry(pod.uid.clone()).or_default();

@@ -13,4 +13,5 @@ pub mod doctor;
 pub mod kubelet;
 pub mod metrics;
 pub mod monitor;
+pub mod pod_source;
 pub mod register;

@@ -6,8 +6,9 @@
 //! ```
 //!
 //! `run` registers the node's devices (HAMi's register and handshake
-//! annotations, patched only on change) and serves the usage monitor's
-//! metrics. The kubelet device plugin and DRA plugin are not built yet:
+//! annotations, patched only on change), serves the kubelet device plugin
+//! (Allocate writes each container's CDI spec and state with hami-cdi), and
+//! serves the usage monitor's metrics. The DRA plugin is not built yet:
 //! `run` says so at start.
 
 use std::path::PathBuf;
@@ -16,9 +17,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{ArgAction, Parser, Subcommand};
+use hami_node::device_plugin::{self, replicas, Plugin, PluginDevice, SpecWriter};
 use hami_node::doctor::{self, DoctorConfig, Outcome};
+use hami_node::pod_source::KubePods;
 use hami_node::register::{device_infos, register_once, RegisterConfig};
-use hami_node::{metrics, monitor};
+use hami_node::{kubelet, metrics, monitor};
 
 #[derive(Parser)]
 #[command(name = "hami-node", version, about = "hami-rs node agent")]
@@ -55,9 +58,19 @@ enum Command {
         /// The resource the device plugin will advertise (kept for the chart).
         #[arg(long, default_value = "nvidia.com/gpu")]
         resource_name: String,
-        /// Write CDI specs at Allocate (kept for the chart; the device plugin is not built yet).
+        /// Return CDI device names from Allocate (the classic env, mounts and
+        /// devices are returned either way, for runtimes without CDI).
         #[arg(long, default_value_t = true, action = ArgAction::Set)]
         cdi: bool,
+        /// Where Allocate writes the CDI specs.
+        #[arg(long, default_value = "/var/run/cdi")]
+        cdi_dir: PathBuf,
+        /// Host path of libhami_core.so, for the specs.
+        #[arg(long, default_value = "/usr/local/vgpu/libhami_core.so")]
+        library: PathBuf,
+        /// kubelet's device-plugin directory (kubelet.sock lives there).
+        #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
+        device_plugin_path: PathBuf,
         /// Serve the DRA kubelet plugin (not built yet).
         #[arg(long, default_value_t = false, action = ArgAction::Set)]
         dra: bool,
@@ -87,6 +100,11 @@ enum Command {
 
 struct Agent {
     node: String,
+    resource: String,
+    cdi: bool,
+    cdi_dir: PathBuf,
+    library: PathBuf,
+    device_plugin_path: PathBuf,
     vendor: String,
     inventory: Option<PathBuf>,
     dev: PathBuf,
@@ -95,31 +113,43 @@ struct Agent {
     interval: Duration,
 }
 
-async fn registration(agent: Arc<Agent>) {
-    let client = match kube::Client::try_default().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!("no API server (kubeconfig or service account): {e}; not registering");
-            return;
-        }
-    };
+fn discover(agent: &Agent) -> Result<hami_cdi::discovery::Inventory, String> {
+    hami_cdi::discovery::for_vendor(&agent.vendor, &agent.dev, agent.inventory.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|d| d.inventory().map_err(|e| e.to_string()))
+}
+
+fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp(since.as_secs() as i64, since.subsec_nanos())
+        .unwrap_or_default()
+        .fixed_offset()
+}
+
+/// Registers the devices every interval, and feeds their health to the
+/// device plugin's ListAndWatch.
+async fn registration(
+    agent: Arc<Agent>,
+    client: kube::Client,
+    devices: tokio::sync::watch::Sender<Vec<device_plugin::api::Device>>,
+) {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     loop {
-        let inventory =
-            hami_cdi::discovery::for_vendor(&agent.vendor, &agent.dev, agent.inventory.as_deref())
-                .map_err(|e| e.to_string())
-                .and_then(|d| d.inventory().map_err(|e| e.to_string()));
-        match inventory {
+        match discover(&agent) {
             Ok(inv) => {
                 let infos = device_infos(&inv, &agent.config);
-                let since = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                let now =
-                    chrono::DateTime::from_timestamp(since.as_secs() as i64, since.subsec_nanos())
-                        .unwrap_or_default()
-                        .fixed_offset();
-                match register_once(&nodes, &agent.node, &infos, &agent.config, now).await {
+                let plugin_devices: Vec<PluginDevice> = infos
+                    .iter()
+                    .map(|i| PluginDevice {
+                        uuid: i.id.clone(),
+                        numa: i64::from(i.numa),
+                        healthy: i.health,
+                    })
+                    .collect();
+                devices.send_replace(replicas(&plugin_devices, agent.config.split_count));
+                match register_once(&nodes, &agent.node, &infos, &agent.config, now()).await {
                     Ok(true) => tracing::info!(devices = infos.len(), "node annotations updated"),
                     Ok(false) => tracing::debug!("node annotations unchanged"),
                     Err(e) => tracing::warn!("registering node {}: {e}", agent.node),
@@ -195,6 +225,9 @@ fn main() -> Result<()> {
             hami_vnpu_core,
             resource_name,
             cdi,
+            cdi_dir,
+            library,
+            device_plugin_path,
             dra,
             region_dir,
             metrics_bind_address,
@@ -206,12 +239,16 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            tracing::warn!(
-                %resource_name, cdi, dra,
-                "the kubelet device plugin and the DRA plugin are not built yet: this agent registers devices and serves usage metrics only"
-            );
+            if dra {
+                tracing::warn!("the DRA kubelet plugin is not built yet: --dra is ignored");
+            }
             let agent = Arc::new(Agent {
                 node: node_name,
+                resource: resource_name,
+                cdi,
+                cdi_dir,
+                library,
+                device_plugin_path,
                 vendor,
                 inventory,
                 dev,
@@ -229,7 +266,42 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(async move {
-                    tokio::spawn(registration(agent.clone()));
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("connecting to the API server (kubeconfig or service account)")?;
+                    let inventory = discover(&agent)
+                        .map_err(anyhow::Error::msg)
+                        .context("device discovery")?;
+                    let (devices, devices_rx) = tokio::sync::watch::channel(Vec::new());
+                    let plugin = Arc::new(Plugin {
+                        devices: devices_rx,
+                        pods: Arc::new(KubePods {
+                            pods: kube::Api::all(client.clone()),
+                            client: client.clone(),
+                            node: agent.node.clone(),
+                        }),
+                        writer: Arc::new(SpecWriter {
+                            inventory,
+                            layout: hami_cdi::builder::Layout {
+                                kind: hami_cdi::builder::DEFAULT_KIND.into(),
+                                library: agent.library.clone(),
+                                state_dir: agent.region_dir.clone(),
+                                hook: None,
+                            },
+                            store: hami_cdi::store::SpecStore::new(&agent.cdi_dir),
+                        }),
+                        cdi: agent.cdi,
+                        taken: std::sync::Mutex::new(Default::default()),
+                    });
+                    tokio::spawn(registration(agent.clone(), client, devices));
+                    let endpoint = format!("hami-{}.sock", agent.vendor);
+                    tokio::spawn(kubelet::run(
+                        plugin,
+                        agent.device_plugin_path.clone(),
+                        endpoint,
+                        agent.resource.clone(),
+                        Duration::from_secs(1),
+                    ));
                     serve_metrics(agent, metrics_bind_address).await
                 })
         }

@@ -186,6 +186,7 @@ fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
                 devices: devices_rx,
                 pods: Arc::new(pods.clone()),
                 writer,
+                cdi: true,
                 taken: Mutex::new(HashMap::new()),
             });
             let agent = tokio::spawn(kubelet::run(
