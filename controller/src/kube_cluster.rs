@@ -675,6 +675,7 @@ pub async fn bind_pod(
 mod tests {
     use super::*;
     use crate::node_lock::{acquire, LockPolicy, LockStore};
+    use hami_kube_mock::{failure, next, respond};
     use http_body_util::BodyExt;
     use serde_json::{json, Value};
 
@@ -689,12 +690,6 @@ mod tests {
 
     fn profiles() -> Vec<VendorProfile> {
         VendorProfile::defaults()
-    }
-
-    /// A `Status` failure as the API server sends it.
-    fn failure(code: u16, reason: &str, message: &str) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-               "message": message, "reason": reason, "code": code})
     }
 
     const REGISTER: &str =
@@ -807,44 +802,6 @@ mod tests {
             assert!(err.contains("modified"), "{err}");
             server.await.unwrap();
         });
-    }
-
-    type Handle = tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >;
-
-    fn respond(
-        send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-        status: u16,
-        body: Value,
-    ) {
-        send.send_response(
-            http::Response::builder()
-                .status(status)
-                .body(kube::client::Body::from(body.to_string().into_bytes()))
-                .unwrap(),
-        );
-    }
-
-    async fn next(
-        handle: &mut Handle,
-    ) -> (
-        http::Method,
-        String,
-        Value,
-        tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-    ) {
-        let (request, send) = handle.next_request().await.expect("a request");
-        let method = request.method().clone();
-        let uri = request.uri().to_string();
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (method, uri, body, send)
     }
 
     fn node(rv: &str, lock: Option<&str>) -> Value {

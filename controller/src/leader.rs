@@ -221,7 +221,7 @@ pub async fn run(api: Api<Lease>, cfg: LeaderConfig, leader: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use hami_kube_mock::{failure, next, respond};
     use kube::Client;
     use serde_json::{json, Value};
 
@@ -283,45 +283,11 @@ mod tests {
         }
     }
 
-    type Send = tower_test::mock::SendResponse<http::Response<kube::client::Body>>;
-
-    async fn next(
-        handle: &mut tower_test::mock::Handle<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >,
-    ) -> (http::Method, String, Value, Send) {
-        let (request, send) = handle.next_request().await.expect("a request");
-        let method = request.method().clone();
-        let uri = request.uri().to_string();
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (method, uri, body, send)
-    }
-
-    fn respond(send: Send, status: u16, body: Value) {
-        send.send_response(
-            http::Response::builder()
-                .status(status)
-                .body(kube::client::Body::from(body.to_string().into_bytes()))
-                .unwrap(),
-        );
-    }
-
     fn lease(holder: &str, rv: &str, renewed: &str, transitions: i32) -> Value {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                "metadata": {"name": "hami-scheduler", "namespace": "kube-system", "resourceVersion": rv},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
                         "renewTime": renewed, "acquireTime": renewed, "leaseTransitions": transitions}})
-    }
-
-    fn status(code: u16, reason: &str) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-               "message": reason, "code": code})
     }
 
     /// The exact calls of four rounds: create a missing Lease; follow a live
@@ -346,7 +312,7 @@ mod tests {
                         (m, uri),
                         (http::Method::GET, format!("{path}/hami-scheduler"))
                     );
-                    respond(send, 404, status(404, "NotFound"));
+                    respond(send, 404, failure(404, "NotFound", "leases not found"));
                     let (m, uri, body, send) = next(&mut handle).await;
                     assert_eq!((m, uri), (http::Method::POST, format!("{path}?")));
                     assert_eq!(body["spec"]["holderIdentity"], "replica-a");
@@ -386,7 +352,11 @@ mod tests {
                     );
                     let (m, _, _, send) = next(&mut handle).await;
                     assert_eq!(m, http::Method::PUT);
-                    respond(send, 409, status(409, "Conflict"));
+                    respond(
+                        send,
+                        409,
+                        failure(409, "Conflict", "the object has been modified"),
+                    );
                 });
                 let now = Timestamp::from_second(1795132810).unwrap(); // 2026-11-20T00:00:10Z
                 assert!(try_acquire_or_renew(&api, &cfg, now).await.unwrap());

@@ -275,41 +275,8 @@ pub async fn register_once(
 #[cfg(test)]
 mod api_tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use hami_kube_mock::{next, respond};
     use serde_json::{json, Value};
-
-    type Handle = tower_test::mock::Handle<
-        http::Request<kube::client::Body>,
-        http::Response<kube::client::Body>,
-    >;
-
-    async fn next(
-        handle: &mut Handle,
-    ) -> (
-        http::Method,
-        String,
-        Value,
-        tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-    ) {
-        let (request, send) = handle.next_request().await.expect("a request");
-        let method = request.method().clone();
-        let uri = request.uri().to_string();
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (method, uri, body, send)
-    }
-
-    fn respond(
-        send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
-        body: Value,
-    ) {
-        send.send_response(
-            http::Response::builder()
-                .status(200)
-                .body(kube::client::Body::from(body.to_string().into_bytes()))
-                .unwrap(),
-        );
-    }
 
     /// Three rounds, call by call: a new node is registered and answered;
     /// an unchanged one is only read; a Requesting_ stamp gets exactly the
@@ -321,9 +288,8 @@ mod api_tests {
             .build()
             .unwrap()
             .block_on(async {
-                let (service, mut handle) = tower_test::mock::pair();
-                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
-                    kube::Api::all(kube::Client::new(service, "default"));
+                let (client, mut handle) = hami_kube_mock::pair("default");
+                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
                 let cfg = RegisterConfig::default();
                 let infos = vec![DeviceInfo {
                     id: "GPU-a".into(),
@@ -343,7 +309,7 @@ mod api_tests {
                 let server = tokio::spawn(async move {
                     let (m, uri, _, send) = next(&mut handle).await;
                     assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
-                    respond(send, node(json!({})));
+                    respond(send, 200, node(json!({})));
                     let (m, uri, body, send) = next(&mut handle).await;
                     assert_eq!(m, http::Method::PATCH);
                     assert!(uri.starts_with("/api/v1/nodes/n1?"), "{uri}");
@@ -352,18 +318,18 @@ mod api_tests {
                         json!({"metadata": {"annotations": {
                             "hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2}}})
                     );
-                    respond(send, node(body["metadata"]["annotations"].clone()));
+                    respond(send, 200, node(body["metadata"]["annotations"].clone()));
                     // Round 2: the node shows both; only a read.
                     let (m, _, _, send) = next(&mut handle).await;
                     assert_eq!(m, http::Method::GET);
-                    respond(send, node(json!({"hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2})));
+                    respond(send, 200, node(json!({"hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2})));
                     // Round 3: the scheduler asks.
                     let (_, _, _, send) = next(&mut handle).await;
-                    respond(send, node(json!({"hami.io/node-handshake": "Requesting_2026-11-23 07:59:59", "hami.io/node-nvidia-register": reg2})));
+                    respond(send, 200, node(json!({"hami.io/node-handshake": "Requesting_2026-11-23 07:59:59", "hami.io/node-nvidia-register": reg2})));
                     let (m, _, body, send) = next(&mut handle).await;
                     assert_eq!(m, http::Method::PATCH);
                     assert_eq!(body, json!({"metadata": {"annotations": {"hami.io/node-handshake": rep2}}}));
-                    respond(send, node(json!({})));
+                    respond(send, 200, node(json!({})));
                 });
                 assert!(register_once(&nodes, "n1", &infos, &cfg, now).await.unwrap());
                 assert!(!register_once(&nodes, "n1", &infos, &cfg, now).await.unwrap());
