@@ -10,7 +10,7 @@
 //! a pod whose device count is what kubelet asks for. A slot is never given
 //! twice, so two pods' allocations cannot be swapped (HAMi#781).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -132,21 +132,25 @@ pub fn allocation_name(namespace: &str, pod: &str, container: &str) -> String {
         .collect()
 }
 
+/// One device of an allocation: which, and its quota (0 = none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQuota {
+    pub uuid: String,
+    pub memory_bytes: u64,
+    pub cores: u32,
+}
+
 impl SpecWriter {
-    fn write(
+    /// Writes allocation `name`'s state, region, `owner.json` and CDI spec;
+    /// returns the spec's container edits.
+    pub fn prepare(
         &self,
-        pod: &PendingPod,
-        slot: usize,
-    ) -> Result<api::ContainerAllocateResponse, String> {
-        let container = pod
-            .containers
-            .get(slot)
-            .cloned()
-            .unwrap_or_else(|| format!("slot{slot}"));
-        let name = allocation_name(&pod.namespace, &pod.name, &container);
+        name: &str,
+        devices: &[DeviceQuota],
+        owner: &crate::monitor::Owner,
+    ) -> Result<hami_cdi::spec::ContainerEdits, String> {
         let mut grants = Vec::new();
-        let mut uuids = Vec::new();
-        for d in &pod.allocation.containers[slot] {
+        for d in devices {
             let dev = self
                 .inventory
                 .devices
@@ -155,29 +159,53 @@ impl SpecWriter {
                 .ok_or_else(|| format!("device {} is not on this node", d.uuid))?;
             grants.push(Grant {
                 index: dev.index,
-                memory_bytes: (d.mem_mib > 0).then(|| u64::from(d.mem_mib) << 20),
+                memory_bytes: (d.memory_bytes > 0).then_some(d.memory_bytes),
                 cores: (d.cores > 0).then(|| u8::try_from(d.cores.min(100)).unwrap_or(100)),
             });
-            uuids.push(d.uuid.clone());
         }
         let allocation = Allocation {
-            name: name.clone(),
+            name: name.to_owned(),
             grants,
         };
-        let spec = builder::build(&allocation, &self.inventory, &self.layout)
-            .map_err(|e| e.to_string())?;
+        let spec = builder::build(&allocation, &self.inventory, &self.layout).map_err(|e| e.to_string())?;
         store::prepare_state(&allocation, &self.layout).map_err(|e| e.to_string())?;
-        let owner = serde_json::json!({
-            "namespace": pod.namespace, "pod": pod.name, "container": container, "devices": uuids,
-        });
-        let owner_path = self
-            .layout
-            .allocation_dir(&name)
-            .join(crate::monitor::OWNER_FILE);
-        std::fs::write(&owner_path, owner.to_string())
-            .map_err(|e| format!("{}: {e}", owner_path.display()))?;
+        let owner_path = self.layout.allocation_dir(name).join(crate::monitor::OWNER_FILE);
+        let owner_json = serde_json::to_string(owner).map_err(|e| e.to_string())?;
+        std::fs::write(&owner_path, owner_json).map_err(|e| format!("{}: {e}", owner_path.display()))?;
         self.store.write(&spec).map_err(|e| e.to_string())?;
-        let edits = &spec.devices[0].container_edits;
+        Ok(spec.devices[0].container_edits.clone())
+    }
+
+    /// Removes allocation `name`'s spec and state (either may be gone already).
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        self.store.remove(&self.layout.kind, name).map_err(|e| e.to_string())?;
+        store::remove_state(&self.layout, name).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The CDI device ID of allocation `name`.
+    pub fn cdi_id(&self, name: &str) -> String {
+        format!("{}={name}", self.layout.kind)
+    }
+
+    fn write(&self, pod: &PendingPod, slot: usize) -> Result<api::ContainerAllocateResponse, String> {
+        let container = pod.containers.get(slot).cloned().unwrap_or_else(|| format!("slot{slot}"));
+        let name = allocation_name(&pod.namespace, &pod.name, &container);
+        let devices: Vec<DeviceQuota> = pod.allocation.containers[slot]
+            .iter()
+            .map(|d| DeviceQuota {
+                uuid: d.uuid.clone(),
+                memory_bytes: u64::from(d.mem_mib) << 20,
+                cores: d.cores,
+            })
+            .collect();
+        let owner = crate::monitor::Owner {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            container,
+            devices: devices.iter().map(|d| d.uuid.clone()).collect(),
+        };
+        let edits = self.prepare(&name, &devices, &owner)?;
         Ok(api::ContainerAllocateResponse {
             envs: edits
                 .env
@@ -203,10 +231,8 @@ impl SpecWriter {
                     permissions: n.permissions.clone().unwrap_or_else(|| "rw".into()),
                 })
                 .collect(),
-            annotations: BTreeMap::new().into_iter().collect(),
-            cdi_devices: vec![api::CdiDevice {
-                name: format!("{}={name}", self.layout.kind),
-            }],
+            annotations: Default::default(),
+            cdi_devices: vec![api::CdiDevice { name: self.cdi_id(&name) }],
         })
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 /// Who a region belongs to, when the side that created the allocation said
 /// so (`owner.json` beside `region/`); otherwise only the allocation name
 /// is known.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct Owner {
     #[serde(default)]
     pub namespace: String,
