@@ -167,18 +167,25 @@ impl SpecWriter {
             name: name.to_owned(),
             grants,
         };
-        let spec = builder::build(&allocation, &self.inventory, &self.layout).map_err(|e| e.to_string())?;
+        let spec = builder::build(&allocation, &self.inventory, &self.layout)
+            .map_err(|e| e.to_string())?;
         store::prepare_state(&allocation, &self.layout).map_err(|e| e.to_string())?;
-        let owner_path = self.layout.allocation_dir(name).join(crate::monitor::OWNER_FILE);
+        let owner_path = self
+            .layout
+            .allocation_dir(name)
+            .join(crate::monitor::OWNER_FILE);
         let owner_json = serde_json::to_string(owner).map_err(|e| e.to_string())?;
-        std::fs::write(&owner_path, owner_json).map_err(|e| format!("{}: {e}", owner_path.display()))?;
+        std::fs::write(&owner_path, owner_json)
+            .map_err(|e| format!("{}: {e}", owner_path.display()))?;
         self.store.write(&spec).map_err(|e| e.to_string())?;
         Ok(spec.devices[0].container_edits.clone())
     }
 
     /// Removes allocation `name`'s spec and state (either may be gone already).
     pub fn remove(&self, name: &str) -> Result<(), String> {
-        self.store.remove(&self.layout.kind, name).map_err(|e| e.to_string())?;
+        self.store
+            .remove(&self.layout.kind, name)
+            .map_err(|e| e.to_string())?;
         store::remove_state(&self.layout, name).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -188,8 +195,16 @@ impl SpecWriter {
         format!("{}={name}", self.layout.kind)
     }
 
-    fn write(&self, pod: &PendingPod, slot: usize) -> Result<api::ContainerAllocateResponse, String> {
-        let container = pod.containers.get(slot).cloned().unwrap_or_else(|| format!("slot{slot}"));
+    fn write(
+        &self,
+        pod: &PendingPod,
+        slot: usize,
+    ) -> Result<api::ContainerAllocateResponse, String> {
+        let container = pod
+            .containers
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| format!("slot{slot}"));
         let name = allocation_name(&pod.namespace, &pod.name, &container);
         let devices: Vec<DeviceQuota> = pod.allocation.containers[slot]
             .iter()
@@ -232,7 +247,9 @@ impl SpecWriter {
                 })
                 .collect(),
             annotations: Default::default(),
-            cdi_devices: vec![api::CdiDevice { name: self.cdi_id(&name) }],
+            cdi_devices: vec![api::CdiDevice {
+                name: self.cdi_id(&name),
+            }],
         })
     }
 }

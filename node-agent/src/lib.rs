@@ -10,8 +10,10 @@
 
 pub mod device_plugin;
 pub mod doctor;
+pub mod dra;
 pub mod kubelet;
 pub mod metrics;
 pub mod monitor;
 pub mod pod_source;
 pub mod register;
+pub mod resource_slice;
