@@ -47,6 +47,28 @@ pub trait ClaimSource: Send + Sync + 'static {
     fn get(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Value, String>>;
 }
 
+/// ResourceClaims from the API server.
+pub struct KubeClaims(pub kube::Client);
+
+impl ClaimSource for KubeClaims {
+    fn get(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Value, String>> {
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("resource.k8s.io", "v1", "ResourceClaim"),
+            "resourceclaims",
+        );
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(self.0.clone(), namespace, &ar);
+        let name = name.to_owned();
+        Box::pin(async move {
+            let claim = api
+                .get(&name)
+                .await
+                .map_err(|e| format!("reading claim {name}: {e}"))?;
+            serde_json::to_value(&claim).map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedDevice {
     pub request: String,

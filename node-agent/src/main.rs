@@ -71,9 +71,15 @@ enum Command {
         /// kubelet's device-plugin directory (kubelet.sock lives there).
         #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
         device_plugin_path: PathBuf,
-        /// Serve the DRA kubelet plugin (not built yet).
+        /// Serve the DRA kubelet plugin and publish the node's ResourceSlice.
         #[arg(long, default_value_t = false, action = ArgAction::Set)]
         dra: bool,
+        /// kubelet's plugin directory (the DRA socket goes in <dir>/<driver>/).
+        #[arg(long, default_value = "/var/lib/kubelet/plugins")]
+        dra_plugin_path: PathBuf,
+        /// kubelet's plugin watcher directory.
+        #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+        plugins_registry_path: PathBuf,
         /// Where each container's state and shared region live.
         #[arg(long, default_value = "/var/run/hami/vgpu")]
         region_dir: PathBuf,
@@ -100,6 +106,7 @@ enum Command {
 
 struct Agent {
     node: String,
+    dra: bool,
     resource: String,
     cdi: bool,
     cdi_dir: PathBuf,
@@ -135,11 +142,28 @@ async fn registration(
     client: kube::Client,
     devices: tokio::sync::watch::Sender<Vec<device_plugin::api::Device>>,
 ) {
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let slices: kube::Api<kube::api::DynamicObject> =
+        kube::Api::all_with(client, &hami_node::resource_slice::resource());
     loop {
         match discover(&agent) {
             Ok(inv) => {
                 let infos = device_infos(&inv, &agent.config);
+                if agent.dra {
+                    let uid = nodes
+                        .get(&agent.node)
+                        .await
+                        .ok()
+                        .and_then(|n| n.metadata.uid)
+                        .unwrap_or_default();
+                    match hami_node::resource_slice::publish(&slices, &agent.node, &uid, &infos)
+                        .await
+                    {
+                        Ok(true) => tracing::info!("ResourceSlice updated"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("publishing the ResourceSlice: {e}"),
+                    }
+                }
                 let plugin_devices: Vec<PluginDevice> = infos
                     .iter()
                     .map(|i| PluginDevice {
@@ -229,6 +253,8 @@ fn main() -> Result<()> {
             library,
             device_plugin_path,
             dra,
+            dra_plugin_path,
+            plugins_registry_path,
             region_dir,
             metrics_bind_address,
             register_interval,
@@ -239,11 +265,9 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
-            if dra {
-                tracing::warn!("the DRA kubelet plugin is not built yet: --dra is ignored");
-            }
             let agent = Arc::new(Agent {
                 node: node_name,
+                dra,
                 resource: resource_name,
                 cdi,
                 cdi_dir,
@@ -272,6 +296,19 @@ fn main() -> Result<()> {
                     let inventory = discover(&agent)
                         .map_err(anyhow::Error::msg)
                         .context("device discovery")?;
+                    let client_for_dra = client.clone();
+                    // One writer: device plugin and DRA specs share the CDI
+                    // directory and the state directory.
+                    let writer = Arc::new(SpecWriter {
+                        inventory,
+                        layout: hami_cdi::builder::Layout {
+                            kind: hami_cdi::builder::DEFAULT_KIND.into(),
+                            library: agent.library.clone(),
+                            state_dir: agent.region_dir.clone(),
+                            hook: None,
+                        },
+                        store: hami_cdi::store::SpecStore::new(&agent.cdi_dir),
+                    });
                     let (devices, devices_rx) = tokio::sync::watch::channel(Vec::new());
                     let plugin = Arc::new(Plugin {
                         devices: devices_rx,
@@ -280,16 +317,7 @@ fn main() -> Result<()> {
                             client: client.clone(),
                             node: agent.node.clone(),
                         }),
-                        writer: Arc::new(SpecWriter {
-                            inventory,
-                            layout: hami_cdi::builder::Layout {
-                                kind: hami_cdi::builder::DEFAULT_KIND.into(),
-                                library: agent.library.clone(),
-                                state_dir: agent.region_dir.clone(),
-                                hook: None,
-                            },
-                            store: hami_cdi::store::SpecStore::new(&agent.cdi_dir),
-                        }),
+                        writer: writer.clone(),
                         cdi: agent.cdi,
                         taken: std::sync::Mutex::new(Default::default()),
                     });
@@ -302,6 +330,21 @@ fn main() -> Result<()> {
                         agent.resource.clone(),
                         Duration::from_secs(1),
                     ));
+                    let _dra = if agent.dra {
+                        let driver = hami_node::dra::DraDriver::new(
+                            Arc::new(hami_node::dra::KubeClaims(client_for_dra.clone())),
+                            writer,
+                            agent.region_dir.join("dra-checkpoint.json"),
+                        )
+                        .map_err(anyhow::Error::msg)?;
+                        Some(hami_node::dra::serve(
+                            Arc::new(driver),
+                            &dra_plugin_path,
+                            &plugins_registry_path,
+                        )?)
+                    } else {
+                        None
+                    };
                     serve_metrics(agent, metrics_bind_address).await
                 })
         }
