@@ -6,8 +6,10 @@
 //!
 //! - [`device_plugin`] and [`kubelet`]: the kubelet device plugin (v1beta1).
 //!
-//! Not built yet: the DRA kubelet plugin.
+//! - [`dra`] and [`resource_slice`]: the DRA kubelet plugin and the node's ResourceSlice;
+//! - [`cleanup`]: deleted pods' specs and state removed.
 
+pub mod cleanup;
 pub mod device_plugin;
 pub mod doctor;
 pub mod dra;

@@ -185,6 +185,17 @@ async fn registration(
     }
 }
 
+/// Removes deleted pods' allocations every interval.
+async fn cleanup(writer: Arc<SpecWriter>, client: kube::Client, interval: Duration) {
+    let pods = hami_node::cleanup::KubePodLookup(client);
+    loop {
+        for name in hami_node::cleanup::sweep(&writer, &pods).await {
+            tracing::info!(allocation = %name, "removed a deleted pod's spec and state");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Result<()> {
     let app = axum::Router::new()
         .route(
@@ -329,6 +340,11 @@ fn main() -> Result<()> {
                         endpoint,
                         agent.resource.clone(),
                         Duration::from_secs(1),
+                    ));
+                    tokio::spawn(cleanup(
+                        writer.clone(),
+                        client_for_dra.clone(),
+                        agent.interval,
                     ));
                     let _dra = if agent.dra {
                         let driver = hami_node::dra::DraDriver::new(
