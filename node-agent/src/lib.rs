@@ -1,14 +1,11 @@
-//! `hami-node`, the node agent. Built so far:
+//! `hami-node`, the node agent:
 //! - [`register`]: device registration and the handshake (HAMi's annotations);
+//! - [`device_plugin`], [`kubelet`], [`pod_source`]: the kubelet device plugin (v1beta1);
+//! - [`dra`] and [`resource_slice`]: the DRA kubelet plugin and the node's ResourceSlice;
 //! - [`monitor`] and [`metrics`]: every container's shared region, read-only,
 //!   as Prometheus metrics;
+//! - [`cleanup`]: deleted pods' specs and state removed;
 //! - [`doctor`]: the node's prerequisites as a table.
-//!
-//! - [`device_plugin`] and [`kubelet`]: the kubelet device plugin (v1beta1).
-//!
-//! - [`dra`] and [`resource_slice`]: the DRA kubelet plugin and the node's ResourceSlice;
-//! - [`cleanup`]: deleted pods' specs and state removed.
-
 pub mod cleanup;
 pub mod device_plugin;
 pub mod doctor;
