@@ -45,8 +45,12 @@ pub fn render(report: &Report, node: &str) -> String {
                 c.snapshot.limits.memory_bytes[i],
                 c.snapshot.limits.sm_percent[i],
             );
-            // Devices the container has neither a limit on nor uses are not its devices.
-            if u == 0 && l == 0 && sm == 0 {
+            // A container's devices: those its owner lists, else those it has a
+            // memory limit on or uses. The SM share alone says nothing: the
+            // node side mirrors the first device's share to every index (as
+            // CUDA_DEVICE_SM_LIMIT without a suffix applies to all).
+            let listed = i < o.devices.len();
+            if !listed && u == 0 && l == 0 {
                 continue;
             }
             let uuid = o.devices.get(i).map(String::as_str).unwrap_or_default();

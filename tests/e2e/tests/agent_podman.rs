@@ -199,4 +199,16 @@ fn an_allocate_runs_under_podman_with_its_quota() {
         ("team", pod_name.as_str())
     );
     assert_eq!(seen.snapshot.limits.memory_bytes[0], 1000 * MIB);
+    // One device in the metrics, though the region mirrors the SM share to
+    // every index (the owner lists one device).
+    let text = hami_node::metrics::render(&report, "n");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("hami_vgpu_memory_used_bytes{") && l.contains(&allocation))
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].contains(&format!("deviceuuid=\"{UUID}\"")),
+        "{rows:?}"
+    );
 }

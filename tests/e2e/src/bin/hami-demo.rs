@@ -63,6 +63,10 @@ fn main() -> Result<()> {
     }
     println!("running both containers side by side...\n");
     let result = scenario.run();
+    // What the node agent's /metrics would show for these containers, read
+    // the way the agent reads them (before the state is cleaned).
+    let usage = hami_node::monitor::scan(&scenario.state_dir);
+    let metrics = hami_node::metrics::render(&usage, "demo-node");
     if !args.keep {
         scenario.clean();
     }
@@ -73,13 +77,37 @@ fn main() -> Result<()> {
         }
     }
     print!("{}", report(&scenario.tenants, &observed, scenario.chunk));
+    println!("\nThe node agent's metrics for them (hami-node's monitor over the shared regions):");
+    for line in metrics.lines().filter(|l| {
+        l.starts_with("hami_vgpu_memory_used_bytes{")
+            || l.starts_with("hami_vgpu_memory_limit_bytes{")
+    }) {
+        println!("  {line}");
+    }
     println!("\nEach container saw only its quota through cuMemGetInfo and NVML, got exactly");
-    println!("quota / 256 MiB allocations and then CUDA_ERROR_OUT_OF_MEMORY; the host read");
-    println!("each container's usage back from its shared region. The node agent's metrics");
-    println!(
-        "endpoint is not built yet (node-agent issue), so usage is read from the regions directly."
-    );
-    let problems = verify(&scenario.tenants, &observed, scenario.chunk);
+    println!("quota / 256 MiB allocations and then CUDA_ERROR_OUT_OF_MEMORY; the node agent's");
+    println!("monitor read each container's usage and limit back from its shared region.");
+    let mut problems = verify(&scenario.tenants, &observed, scenario.chunk);
+    for (t, o) in scenario.tenants.iter().zip(&observed) {
+        let seen = usage.containers.iter().find(|c| c.allocation == t.name);
+        match seen {
+            Some(c)
+                if c.snapshot.used_bytes.iter().sum::<u64>() == o.region_used
+                    && c.snapshot.limits.memory_bytes[0] == t.memory_bytes => {}
+            Some(c) => problems.push(format!(
+                "{}: the monitor read {} bytes used / {} limit, the region says {} / {}",
+                t.name,
+                c.snapshot.used_bytes.iter().sum::<u64>(),
+                c.snapshot.limits.memory_bytes[0],
+                o.region_used,
+                t.memory_bytes
+            )),
+            None => problems.push(format!(
+                "{}: the node agent's monitor did not find its region",
+                t.name
+            )),
+        }
+    }
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("demo check failed: {p}");
