@@ -196,3 +196,100 @@ EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtili
     pthread_mutex_unlock(&sample_lock);
     return NVML_SUCCESS;
 }
+
+/*
+ * Topology, for the node agent's link scores. FAKE_NVML_TOPOLOGY lists the
+ * pairs that are closer than "across CPUs":
+ *   "0-1:10:12;2-3:10:4"  = GPUs 0 and 1 under one PCIe switch with 12
+ *   NVLinks between them; GPUs 2 and 3 likewise with 4.
+ * Level is NVML's common-ancestor level (0 board, 10 one switch, 20 several
+ * switches, 30 host bridge, 40 same CPU, 50 across CPUs, the default).
+ * Links are numbered per GPU in the order its pairs are listed.
+ */
+#include <stdlib.h>
+
+#define FAKE_NVLINK_MAX 18
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain;
+    unsigned int bus;
+    unsigned int device;
+    unsigned int pciDeviceId;
+    unsigned int pciSubSystemId;
+    char busId[32];
+} fake_pci_info;
+
+struct fake_pair {
+    int a, b, level, links;
+};
+
+static int fake_pairs(struct fake_pair *out, int max) {
+    const char *spec = getenv("FAKE_NVML_TOPOLOGY");
+    if (!spec) return 0;
+    int n = 0;
+    const char *p = spec;
+    while (*p && n < max) {
+        struct fake_pair pair = {0, 0, 50, 0};
+        if (sscanf(p, "%d-%d:%d:%d", &pair.a, &pair.b, &pair.level, &pair.links) >= 3) out[n++] = pair;
+        const char *next = strchr(p, ';');
+        if (!next) break;
+        p = next + 1;
+    }
+    return n;
+}
+
+static void bus_id(int index, fake_pci_info *pci) {
+    memset(pci, 0, sizeof *pci);
+    pci->bus = (unsigned int)(0x10 + index);
+    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, fake_pci_info *pci) {
+    int i = index_of(device);
+    if (i < 0 || !pci) return NVML_ERROR_INVALID_ARGUMENT;
+    bus_id(i, pci);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t d1, nvmlDevice_t d2, int *level) {
+    int a = index_of(d1), b = index_of(d2);
+    if (a < 0 || b < 0 || !level) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_pair pairs[64];
+    int n = fake_pairs(pairs, 64);
+    *level = a == b ? 0 : 50;
+    for (int i = 0; i < n; i++)
+        if ((pairs[i].a == a && pairs[i].b == b) || (pairs[i].a == b && pairs[i].b == a)) *level = pairs[i].level;
+    return NVML_SUCCESS;
+}
+
+/* The peer at the other end of `link` of GPU `d`, or -1. */
+static int link_peer(int d, unsigned int link) {
+    struct fake_pair pairs[64];
+    int n = fake_pairs(pairs, 64);
+    unsigned int next = 0;
+    for (int i = 0; i < n; i++) {
+        int peer = pairs[i].a == d ? pairs[i].b : pairs[i].b == d ? pairs[i].a : -1;
+        if (peer < 0) continue;
+        if (link < next + (unsigned int)pairs[i].links) return peer;
+        next += (unsigned int)pairs[i].links;
+    }
+    return -1;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t device, unsigned int link, int *active) {
+    int d = index_of(device);
+    if (d < 0 || !active || link >= FAKE_NVLINK_MAX) return NVML_ERROR_INVALID_ARGUMENT;
+    *active = link_peer(d, link) >= 0;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t device, unsigned int link, fake_pci_info *pci) {
+    int d = index_of(device);
+    if (d < 0 || !pci || link >= FAKE_NVLINK_MAX) return NVML_ERROR_INVALID_ARGUMENT;
+    int peer = link_peer(d, link);
+    if (peer < 0) return NVML_ERROR_NOT_FOUND;
+    bus_id(peer, pci);
+    return NVML_SUCCESS;
+}

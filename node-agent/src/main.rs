@@ -89,6 +89,18 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         register_interval: u64,
     },
+    /// Print what `run` would register (the node annotations, as JSON) and
+    /// the devices' memory in use, then exit.
+    Discover {
+        #[arg(long, default_value = "nvidia")]
+        vendor: String,
+        #[arg(long)]
+        inventory: Option<PathBuf>,
+        #[arg(long, default_value = "/dev")]
+        dev: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        device_split_count: u32,
+    },
     /// Check the node's prerequisites and print a table; exit 1 on a failure.
     Doctor {
         #[arg(long, default_value = "/")]
@@ -124,6 +136,37 @@ fn discover(agent: &Agent) -> Result<hami_cdi::discovery::Inventory, String> {
     hami_cdi::discovery::for_vendor(&agent.vendor, &agent.dev, agent.inventory.as_deref())
         .map_err(|e| e.to_string())
         .and_then(|d| d.inventory().map_err(|e| e.to_string()))
+}
+
+/// NVLink/PCIe pair scores from NVML (NVIDIA nodes whose driver has the
+/// topology calls), for topology-aware scheduling.
+fn link_scores_of(agent: &Agent, infos: &[hami_api::DeviceInfo]) -> Option<hami_api::LinkScores> {
+    if agent.vendor != "nvidia" {
+        return None;
+    }
+    let count = infos.iter().map(|i| i.index + 1).max()?;
+    let matrix = hami_cdi::nvml::Nvml::open()?.link_scores(count)?;
+    Some(hami_node::register::link_scores(infos, &matrix))
+}
+
+/// Device memory in use per GPU, as the driver sees it (every process).
+fn host_memory(agent: &Agent) -> Vec<(u32, String, u64)> {
+    let Some(nvml) = (agent.vendor == "nvidia")
+        .then(hami_cdi::nvml::Nvml::open)
+        .flatten()
+    else {
+        return Vec::new();
+    };
+    let Ok(inv) = discover(agent) else {
+        return Vec::new();
+    };
+    inv.devices
+        .iter()
+        .filter_map(|d| {
+            nvml.memory_used(d.index)
+                .map(|u| (d.index, d.uuid.clone(), u))
+        })
+        .collect()
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {
@@ -173,7 +216,17 @@ async fn registration(
                     })
                     .collect();
                 devices.send_replace(replicas(&plugin_devices, agent.config.split_count));
-                match register_once(&nodes, &agent.node, &infos, &agent.config, now()).await {
+                let scores = link_scores_of(&agent, &infos);
+                match register_once(
+                    &nodes,
+                    &agent.node,
+                    &infos,
+                    scores.as_ref(),
+                    &agent.config,
+                    now(),
+                )
+                .await
+                {
                     Ok(true) => tracing::info!(devices = infos.len(), "node annotations updated"),
                     Ok(false) => tracing::debug!("node annotations unchanged"),
                     Err(e) => tracing::warn!("registering node {}: {e}", agent.node),
@@ -214,7 +267,14 @@ async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Resul
                         for (allocation, e) in &report.errors {
                             tracing::warn!(allocation, "region not read: {e}");
                         }
+                        let host = tokio::task::spawn_blocking({
+                            let agent = agent.clone();
+                            move || host_memory(&agent)
+                        })
+                        .await
+                        .unwrap_or_default();
                         metrics::render(&report, &agent.node)
+                            + &metrics::render_host(&host, &agent.node)
                     }
                 }
             }),
@@ -229,6 +289,54 @@ async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Resul
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Discover {
+            vendor,
+            inventory,
+            dev,
+            device_split_count,
+        } => {
+            let agent = Agent {
+                node: String::new(),
+                dra: false,
+                resource: String::new(),
+                cdi: true,
+                cdi_dir: PathBuf::new(),
+                library: PathBuf::new(),
+                device_plugin_path: PathBuf::new(),
+                vendor,
+                inventory,
+                dev: dev.clone(),
+                config: RegisterConfig {
+                    split_count: device_split_count,
+                    dev_root: dev.clone(),
+                    ..RegisterConfig::default()
+                },
+                region_dir: PathBuf::new(),
+                interval: Duration::from_secs(1),
+            };
+            let inv = discover(&agent).map_err(anyhow::Error::msg)?;
+            let infos = device_infos(&inv, &agent.config);
+            let scores = link_scores_of(&agent, &infos);
+            let annotations = hami_node::register::reconcile(
+                &Default::default(),
+                &infos,
+                scores.as_ref(),
+                &agent.config,
+                now(),
+            );
+            let used: std::collections::BTreeMap<String, u64> = host_memory(&agent)
+                .into_iter()
+                .map(|(_, uuid, u)| (uuid, u))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "annotations": annotations,
+                    "memoryUsedBytes": used,
+                }))?
+            );
+            Ok(())
+        }
         Command::Doctor {
             root,
             vendor,
@@ -286,12 +394,13 @@ fn main() -> Result<()> {
                 device_plugin_path,
                 vendor,
                 inventory,
-                dev,
+                dev: dev.clone(),
                 config: RegisterConfig {
                     split_count: device_split_count,
                     memory_scaling: device_memory_scaling,
                     core_scaling: device_core_scaling,
                     vnpu_core: hami_vnpu_core,
+                    dev_root: dev.clone(),
                     ..RegisterConfig::default()
                 },
                 region_dir,

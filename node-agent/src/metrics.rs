@@ -135,3 +135,37 @@ pub fn render(report: &Report, node: &str) -> String {
     }
     out
 }
+
+/// `hami_host_gpu_memory_used_bytes`: each GPU's memory in use as the
+/// driver reports it (every process, shared or not).
+pub fn render_host(devices: &[(u32, String, u64)], node: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hami_host_gpu_memory_used_bytes Device memory in use on the GPU (all processes)"
+    );
+    let _ = writeln!(out, "# TYPE hami_host_gpu_memory_used_bytes gauge");
+    for (index, uuid, used) in devices {
+        let _ = writeln!(
+            out,
+            "hami_host_gpu_memory_used_bytes{{node=\"{}\",deviceidx=\"{index}\",deviceuuid=\"{}\"}} {used}",
+            esc(node),
+            esc(uuid)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_memory_lines() {
+        let text = render_host(&[(1, "GPU-\"x".into(), 1 << 30)], "n1");
+        assert!(text.contains("# TYPE hami_host_gpu_memory_used_bytes gauge"));
+        assert!(text
+            .lines()
+            .any(|l| l == r#"hami_host_gpu_memory_used_bytes{node="n1",deviceidx="1",deviceuuid="GPU-\"x"} 1073741824"#));
+    }
+}

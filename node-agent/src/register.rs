@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, FixedOffset};
-use hami_api::{keys, node_register, DeviceInfo, Handshake};
+use hami_api::{keys, node_register, DeviceInfo, Handshake, LinkScores};
 use hami_cdi::discovery::{Inventory, Vendor};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +23,9 @@ pub struct RegisterConfig {
     /// Keys for the family: register and handshake annotation names.
     pub register_key: String,
     pub handshake_key: String,
+    /// Where the host's `/dev` is (device nodes named `/dev/...` are looked
+    /// up there for health).
+    pub dev_root: std::path::PathBuf,
 }
 
 impl Default for RegisterConfig {
@@ -34,6 +37,7 @@ impl Default for RegisterConfig {
             vnpu_core: false,
             register_key: keys::NODE_NVIDIA_REGISTER.into(),
             handshake_key: keys::NODE_NVIDIA_HANDSHAKE.into(),
+            dev_root: "/dev".into(),
         }
     }
 }
@@ -57,12 +61,35 @@ fn device_type(vendor: Vendor, model: &str) -> String {
     }
 }
 
+/// The pair scores of `infos` from a score matrix by device index (NVML's
+/// order), as the annotation carries them: by UUID.
+pub fn link_scores(infos: &[DeviceInfo], matrix: &[Vec<u32>]) -> LinkScores {
+    let mut pairs = Vec::new();
+    for a in infos {
+        for b in infos {
+            if a.index < b.index {
+                let s = matrix
+                    .get(a.index as usize)
+                    .and_then(|row| row.get(b.index as usize))
+                    .copied()
+                    .unwrap_or(0);
+                pairs.push((a.id.as_str(), b.id.as_str(), s));
+            }
+        }
+    }
+    LinkScores::from_pairs(pairs)
+}
+
 /// A device is healthy while every device node it needs is there.
-fn healthy(inv: &Inventory, index: u32) -> bool {
+fn healthy(inv: &Inventory, index: u32, dev_root: &Path) -> bool {
     inv.device(index).is_some_and(|d| {
         d.nodes
             .iter()
-            .all(|n| Path::new(n.host_path.as_deref().unwrap_or(&n.path)).exists())
+            .all(|n| match (&n.host_path, n.path.strip_prefix("/dev/")) {
+                (Some(host), _) => Path::new(host).exists(),
+                (None, Some(rest)) => dev_root.join(rest).exists(),
+                (None, None) => Path::new(&n.path).exists(),
+            })
     })
 }
 
@@ -78,7 +105,7 @@ pub fn device_infos(inv: &Inventory, cfg: &RegisterConfig) -> Vec<DeviceInfo> {
             device_type: device_type(inv.vendor, &d.model),
             numa: 0,
             mode: node_register::DEFAULT_MODE.to_owned(),
-            health: healthy(inv, d.index),
+            health: healthy(inv, d.index, &cfg.dev_root),
             ..DeviceInfo::default()
         })
         .collect()
@@ -91,10 +118,20 @@ pub fn device_infos(inv: &Inventory, cfg: &RegisterConfig) -> Vec<DeviceInfo> {
 pub fn reconcile(
     current: &BTreeMap<String, String>,
     infos: &[DeviceInfo],
+    scores: Option<&LinkScores>,
     cfg: &RegisterConfig,
     now: DateTime<FixedOffset>,
 ) -> BTreeMap<String, String> {
     let mut patch = BTreeMap::new();
+    if let Some(scores) = scores {
+        let same = current
+            .get(keys::NODE_NVIDIA_SCORE)
+            .and_then(|v| LinkScores::decode(v).ok())
+            .is_some_and(|old| old == *scores);
+        if !same {
+            patch.insert(keys::NODE_NVIDIA_SCORE.to_owned(), scores.encode());
+        }
+    }
     let register = node_register::encode(infos);
     let unchanged = current
         .get(&cfg.register_key)
@@ -171,6 +208,31 @@ mod tests {
     }
 
     #[test]
+    fn link_scores_are_written_once_and_by_uuid() {
+        let cfg = RegisterConfig::default();
+        let infos = device_infos(&inventory(), &cfg);
+        let matrix = vec![vec![0, 1250], vec![1250, 0]];
+        let scores = link_scores(&infos, &matrix);
+        assert_eq!(scores.score("GPU-fake-0", "GPU-fake-1"), 1250);
+        let p = reconcile(&BTreeMap::new(), &infos, Some(&scores), &cfg, now());
+        let written = p[keys::NODE_NVIDIA_SCORE].clone();
+        assert_eq!(LinkScores::decode(&written).unwrap(), scores);
+        let mut current = p.clone();
+        current.insert(
+            keys::NODE_NVIDIA_HANDSHAKE.into(),
+            Handshake::Reported(now()).encode(),
+        );
+        assert!(reconcile(&current, &infos, Some(&scores), &cfg, now()).is_empty());
+        let changed = link_scores(&infos, &[vec![0, 10], vec![10, 0]]);
+        assert_eq!(
+            reconcile(&current, &infos, Some(&changed), &cfg, now())
+                .keys()
+                .collect::<Vec<_>>(),
+            [keys::NODE_NVIDIA_SCORE]
+        );
+    }
+
+    #[test]
     fn patches_only_what_changed() {
         let cfg = RegisterConfig::default();
         let infos = device_infos(&inventory(), &cfg);
@@ -185,13 +247,14 @@ mod tests {
         let reg = keys::NODE_NVIDIA_REGISTER;
         let hs = keys::NODE_NVIDIA_HANDSHAKE;
         // A fresh node: everything.
-        let p = reconcile(&ann(&[]), &infos, &cfg, now());
+        let p = reconcile(&ann(&[]), &infos, None, &cfg, now());
         assert_eq!(p.keys().collect::<Vec<_>>(), [hs, reg]);
         assert_eq!(p[hs], "Reported 2026-11-23 08:00:00 +0000 +0000");
         // Registered and answered: nothing.
         assert!(reconcile(
             &ann(&[(reg, &register), (hs, &reported)]),
             &infos,
+            None,
             &cfg,
             now()
         )
@@ -199,14 +262,20 @@ mod tests {
         // The scheduler asks: only the answer.
         let asked = ann(&[(reg, &register), (hs, "Requesting_2026-11-23 07:59:50")]);
         assert_eq!(
-            reconcile(&asked, &infos, &cfg, now())
+            reconcile(&asked, &infos, None, &cfg, now())
                 .keys()
                 .collect::<Vec<_>>(),
             [hs]
         );
         // Given up on, or garbled: answered again.
         for h in ["Deleted_2026-11-23 07:00:00", "whenever"] {
-            let p = reconcile(&ann(&[(reg, &register), (hs, h)]), &infos, &cfg, now());
+            let p = reconcile(
+                &ann(&[(reg, &register), (hs, h)]),
+                &infos,
+                None,
+                &cfg,
+                now(),
+            );
             assert_eq!(p.keys().collect::<Vec<_>>(), [hs], "{h}");
         }
         // A device turned unhealthy: the register changes.
@@ -215,6 +284,7 @@ mod tests {
         let p = reconcile(
             &ann(&[(reg, &register), (hs, &reported)]),
             &sick,
+            None,
             &cfg,
             now(),
         );
@@ -227,6 +297,7 @@ mod tests {
         let p = reconcile(
             &ann(&[(reg, &register), (hs, &reported)]),
             &infos,
+            None,
             &vnpu,
             now(),
         );
@@ -240,7 +311,7 @@ mod tests {
             (keys::NODE_HAMI_VNPU_CORE, "true"),
         ]);
         assert_eq!(
-            reconcile(&was_on, &infos, &cfg, now())[keys::NODE_HAMI_VNPU_CORE],
+            reconcile(&was_on, &infos, None, &cfg, now())[keys::NODE_HAMI_VNPU_CORE],
             "false"
         );
     }
@@ -252,12 +323,13 @@ pub async fn register_once(
     nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
     node: &str,
     infos: &[DeviceInfo],
+    scores: Option<&LinkScores>,
     cfg: &RegisterConfig,
     now: DateTime<FixedOffset>,
 ) -> Result<bool, kube::Error> {
     let current = nodes.get(node).await?;
     let annotations = current.metadata.annotations.unwrap_or_default();
-    let patch = reconcile(&annotations, infos, cfg, now);
+    let patch = reconcile(&annotations, infos, scores, cfg, now);
     if patch.is_empty() {
         return Ok(false);
     }
@@ -331,9 +403,9 @@ mod api_tests {
                     assert_eq!(body, json!({"metadata": {"annotations": {"hami.io/node-handshake": rep2}}}));
                     respond(send, 200, node(json!({})));
                 });
-                assert!(register_once(&nodes, "n1", &infos, &cfg, now).await.unwrap());
-                assert!(!register_once(&nodes, "n1", &infos, &cfg, now).await.unwrap());
-                assert!(register_once(&nodes, "n1", &infos, &cfg, now).await.unwrap());
+                assert!(register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
+                assert!(!register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
+                assert!(register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
                 server.await.unwrap();
                 let _ = (register, reported);
             });
