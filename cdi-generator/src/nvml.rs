@@ -75,7 +75,22 @@ pub fn level_score(level: i32) -> u32 {
     }
 }
 
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UtilSample {
+    pid: c_uint,
+    time_stamp: u64,
+    sm_util: c_uint,
+    mem_util: c_uint,
+    enc_util: c_uint,
+    dec_util: c_uint,
+}
+
+type ProcessUtilization = unsafe extern "C" fn(Handle, *mut UtilSample, *mut c_uint, u64) -> i32;
+
 pub struct Nvml {
+    process_utilization: Option<ProcessUtilization>,
     by_index: unsafe extern "C" fn(c_uint, *mut Handle) -> i32,
     uuid: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> i32,
     name: unsafe extern "C" fn(Handle, *mut c_char, c_uint) -> i32,
@@ -105,6 +120,8 @@ impl Nvml {
                 return None;
             }
             Some(Self {
+                process_utilization: sym(c"nvmlDeviceGetProcessUtilization")
+                    .map(|p| std::mem::transmute::<*mut c_void, ProcessUtilization>(p)),
                 by_index: std::mem::transmute::<
                     *mut c_void,
                     unsafe extern "C" fn(c_uint, *mut Handle) -> i32,
@@ -153,6 +170,30 @@ impl Nvml {
         let mut h: Handle = std::ptr::null_mut();
         // SAFETY: an out-pointer to a handle.
         (unsafe { (self.by_index)(index, &mut h) } == 0).then_some(h)
+    }
+
+    /// The SM share (percent) each process had of the device since this
+    /// process's previous call (NVML samples): `(pid, percent)`.
+    pub fn process_utilization(&self, index: u32) -> Option<Vec<(u32, u32)>> {
+        let f = self.process_utilization?;
+        let h = self.handle(index)?;
+        let mut count: c_uint = 0;
+        // SAFETY: a null buffer asks for the count (NVML_ERROR_INSUFFICIENT_SIZE
+        // or success, both leave `count` set).
+        unsafe { f(h, std::ptr::null_mut(), &mut count, 0) };
+        let mut samples = vec![UtilSample::default(); count as usize + 8];
+        let mut n = samples.len() as c_uint;
+        // SAFETY: a buffer of `n` samples of NVML's layout.
+        if unsafe { f(h, samples.as_mut_ptr(), &mut n, 0) } != 0 {
+            return Some(Vec::new());
+        }
+        samples.truncate(n as usize);
+        Some(
+            samples
+                .iter()
+                .map(|s| (s.pid, s.sm_util.min(100)))
+                .collect(),
+        )
     }
 
     /// Bytes in use on the device, as the driver sees it (all processes).

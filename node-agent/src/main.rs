@@ -149,6 +149,26 @@ fn link_scores_of(agent: &Agent, infos: &[hami_api::DeviceInfo]) -> Option<hami_
     Some(hami_node::register::link_scores(infos, &matrix))
 }
 
+/// Each GPU's NVML process samples `(pid, percent)`, by UUID.
+fn utilization(agent: &Agent) -> std::collections::BTreeMap<String, Vec<(u32, u32)>> {
+    let Some(nvml) = (agent.vendor == "nvidia")
+        .then(hami_cdi::nvml::Nvml::open)
+        .flatten()
+    else {
+        return Default::default();
+    };
+    let Ok(inv) = discover(agent) else {
+        return Default::default();
+    };
+    inv.devices
+        .iter()
+        .filter_map(|d| {
+            nvml.process_utilization(d.index)
+                .map(|s| (d.uuid.clone(), s))
+        })
+        .collect()
+}
+
 /// Device memory in use per GPU, as the driver sees it (every process).
 fn host_memory(agent: &Agent) -> Vec<(u32, String, u64)> {
     let Some(nvml) = (agent.vendor == "nvidia")
@@ -328,11 +348,17 @@ fn main() -> Result<()> {
                 .into_iter()
                 .map(|(_, uuid, u)| (uuid, u))
                 .collect();
+            // NVML samples are shares since this process's previous call:
+            // take a baseline, then the share over the next half second.
+            let _ = utilization(&agent);
+            std::thread::sleep(Duration::from_millis(500));
+            let samples = utilization(&agent);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "annotations": annotations,
                     "memoryUsedBytes": used,
+                    "processUtilization": samples,
                 }))?
             );
             Ok(())

@@ -136,6 +136,47 @@ pub fn render(report: &Report, node: &str) -> String {
     out
 }
 
+/// `hami_container_device_utilization_ratio`: each container's share of
+/// each of its devices (0-1), summed over its processes' NVML samples
+/// (`samples` by device UUID: `(pid, percent)`).
+pub fn render_utilization(
+    report: &Report,
+    samples: &std::collections::BTreeMap<String, Vec<(u32, u32)>>,
+    node: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hami_container_device_utilization_ratio A container's share of a device's compute (0-1)"
+    );
+    let _ = writeln!(out, "# TYPE hami_container_device_utilization_ratio gauge");
+    for c in &report.containers {
+        let o = &c.owner;
+        for (i, uuid) in o.devices.iter().enumerate() {
+            let Some(device) = samples.get(uuid) else {
+                continue;
+            };
+            let percent: u32 = device
+                .iter()
+                .filter(|(pid, _)| c.snapshot.pids.contains(pid))
+                .map(|(_, p)| *p)
+                .sum();
+            let _ = writeln!(
+                out,
+                "hami_container_device_utilization_ratio{{node=\"{}\",namespace=\"{}\",pod=\"{}\",container=\"{}\",allocation=\"{}\",deviceidx=\"{i}\",deviceuuid=\"{}\"}} {}",
+                esc(node),
+                esc(&o.namespace),
+                esc(&o.pod),
+                esc(&o.container),
+                esc(&c.allocation),
+                esc(uuid),
+                f64::from(percent.min(100)) / 100.0
+            );
+        }
+    }
+    out
+}
+
 /// `hami_host_gpu_memory_used_bytes`: each GPU's memory in use as the
 /// driver reports it (every process, shared or not).
 pub fn render_host(devices: &[(u32, String, u64)], node: &str) -> String {
@@ -159,6 +200,44 @@ pub fn render_host(devices: &[(u32, String, u64)], node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::monitor::{ContainerUsage, Owner};
+
+    #[test]
+    fn utilization_is_the_containers_processes_share() {
+        let report = Report {
+            containers: vec![ContainerUsage {
+                allocation: "a".into(),
+                owner: Owner {
+                    namespace: "ns".into(),
+                    pod: "p".into(),
+                    container: "c".into(),
+                    devices: vec!["GPU-0".into(), "GPU-1".into()],
+                },
+                snapshot: hami_region::snapshot::Snapshot {
+                    limits: hami_region::layout::Limits::unlimited(),
+                    used_bytes: [0; 16],
+                    processes: 2,
+                    launches: 0,
+                    recoveries: 0,
+                    pids: vec![100, 101],
+                },
+            }],
+            errors: vec![],
+        };
+        let samples = [
+            ("GPU-0".to_owned(), vec![(100, 20), (101, 15), (999, 60)]),
+            ("GPU-1".to_owned(), vec![(999, 90)]),
+        ]
+        .into_iter()
+        .collect();
+        let text = render_utilization(&report, &samples, "n");
+        assert!(text.lines().any(|l| l == r#"hami_container_device_utilization_ratio{node="n",namespace="ns",pod="p",container="c",allocation="a",deviceidx="0",deviceuuid="GPU-0"} 0.35"#), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.ends_with(r#"deviceidx="1",deviceuuid="GPU-1"} 0"#)),
+            "{text}"
+        );
+    }
 
     #[test]
     fn host_memory_lines() {

@@ -24,6 +24,18 @@ fn an_nvidia_node_is_registered_with_its_link_scores() {
     for n in ["nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl"] {
         std::fs::write(dev.join(n), "").unwrap();
     }
+    // A process keeping GPU 0 busy on the same fake driver state.
+    let state = work.path().join("fake-state");
+    let mut busy = Command::new(gpu.app())
+        .args(["saturate", "kernel", "3", "1320"])
+        .env("LD_LIBRARY_PATH", &gpu.dir)
+        .env("FAKE_CUDA_DEVICE_COUNT", "4")
+        .env("FAKE_CUDA_TOTAL_MEMORY", "80g")
+        .env("FAKE_CUDA_STATE", &state)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let out = Command::new(env!("CARGO_BIN_EXE_hami-node"))
         .args([
             "discover",
@@ -37,7 +49,7 @@ fn an_nvidia_node_is_registered_with_its_link_scores() {
         .env("LD_LIBRARY_PATH", &gpu.dir)
         .env("FAKE_CUDA_DEVICE_COUNT", "4")
         .env("FAKE_CUDA_TOTAL_MEMORY", "80g")
-        .env("FAKE_CUDA_STATE", work.path().join("fake-state"))
+        .env("FAKE_CUDA_STATE", &state)
         // GPUs 0-1: one PCIe switch and 12 NVLinks; 2-3: several switches and 4.
         .env("FAKE_NVML_TOPOLOGY", "0-1:10:12;2-3:20:4")
         .output()
@@ -69,5 +81,13 @@ fn an_nvidia_node_is_registered_with_its_link_scores() {
         .as_str()
         .unwrap()
         .starts_with("Reported "));
-    assert_eq!(v["memoryUsedBytes"][id(0)], 0);
+    let _ = busy.wait();
+    assert!(v["memoryUsedBytes"][id(0)].is_u64(), "{v}");
+    // The busy process shows in GPU 0's samples with a real share.
+    let samples = v["processUtilization"][id(0)].as_array().unwrap();
+    let mine = samples
+        .iter()
+        .find(|s| s[0] == busy.id())
+        .unwrap_or_else(|| panic!("no sample of pid {} in {samples:?}", busy.id()));
+    assert!(mine[1].as_u64().unwrap() > 10, "{mine}");
 }

@@ -23,6 +23,10 @@ pub struct Snapshot {
     pub launches: u64,
     /// Times a dead lock owner was recovered from.
     pub recoveries: u64,
+    /// The live processes as the driver names them: each slot's host pid
+    /// where hami-core learned it, else its own pid (right without a pid
+    /// namespace) — what the interposer's limiter uses too.
+    pub pids: Vec<u32>,
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -82,13 +86,16 @@ impl Snapshot {
             *u = u64_at(bytes, used_at + i * 8);
         }
         let recoveries = u64_at(bytes, SHARED_OFFSET + offset_of!(Shared, recoveries));
-        let (mut processes, mut launches) = (0u32, 0u64);
+        let (mut processes, mut launches, mut pids) = (0u32, 0u64, Vec::new());
         for s in 0..MAX_SLOTS {
             let base = SLOTS_OFFSET + s * size_of::<Slot>();
-            if u32_at(bytes, base + offset_of!(Slot, pid)) != 0 {
+            let pid = u32_at(bytes, base + offset_of!(Slot, pid));
+            if pid != 0 {
                 processes += 1;
                 launches =
                     launches.saturating_add(u64_at(bytes, base + offset_of!(Slot, launches)));
+                let host = u32_at(bytes, base + offset_of!(Slot, host_pid));
+                pids.push(if host != 0 { host } else { pid });
             }
         }
         Ok(Self {
@@ -97,6 +104,7 @@ impl Snapshot {
             processes,
             launches,
             recoveries,
+            pids,
         })
     }
 }
@@ -127,6 +135,7 @@ mod tests {
         assert_eq!(snap.limits, limits());
         assert_eq!(snap.used_bytes[0], 300 << 20);
         assert_eq!(snap.processes, 1);
+        assert_eq!(snap.pids, [std::process::id()]);
     }
 
     #[test]
