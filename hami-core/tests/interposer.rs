@@ -3,9 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
+
+use hami_testkit::process::spawn_until_ready;
 
 use support::{app, field, fixture, needs, rcs, run, HUNDRED_MIB, MIB};
 
@@ -140,29 +141,6 @@ fn two_processes_share_one_quota() {
         .env("CUDA_DEVICE_MEMORY_SHARED_CACHE", &region)
         .args(["alloc-until-oom", HUNDRED_MIB]));
     assert_eq!(field(&out, "alloc-until-oom", "count"), 10, "{out}");
-}
-
-/// Starts `cmd` and waits for its `ready` line.
-fn spawn_until_ready(cmd: &mut Command) -> Child {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push_str(&line);
-        seen.push('\n');
-        if line == "ready" {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return child;
-        }
-    }
-    let status = child.wait().unwrap();
-    panic!("child exited ({status}) before ready:\n{seen}");
 }
 
 #[test]

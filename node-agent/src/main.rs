@@ -149,43 +149,41 @@ fn link_scores_of(agent: &Agent, infos: &[hami_api::DeviceInfo]) -> Option<hami_
     Some(hami_node::register::link_scores(infos, &matrix))
 }
 
+/// NVML and the devices it describes, on NVIDIA nodes whose driver loads.
+fn nvml_devices(agent: &Agent) -> Option<(hami_cdi::nvml::Nvml, Vec<(u32, String)>)> {
+    if agent.vendor != "nvidia" {
+        return None;
+    }
+    let nvml = hami_cdi::nvml::Nvml::open()?;
+    let inv = discover(agent).ok()?;
+    Some((
+        nvml,
+        inv.devices
+            .iter()
+            .map(|d| (d.index, d.uuid.clone()))
+            .collect(),
+    ))
+}
+
 /// Each GPU's NVML process samples `(pid, percent)`, by UUID.
 fn utilization(agent: &Agent) -> std::collections::BTreeMap<String, Vec<(u32, u32)>> {
-    let Some(nvml) = (agent.vendor == "nvidia")
-        .then(hami_cdi::nvml::Nvml::open)
-        .flatten()
-    else {
+    let Some((nvml, devices)) = nvml_devices(agent) else {
         return Default::default();
     };
-    let Ok(inv) = discover(agent) else {
-        return Default::default();
-    };
-    inv.devices
-        .iter()
-        .filter_map(|d| {
-            nvml.process_utilization(d.index)
-                .map(|s| (d.uuid.clone(), s))
-        })
+    devices
+        .into_iter()
+        .filter_map(|(index, uuid)| nvml.process_utilization(index).map(|s| (uuid, s)))
         .collect()
 }
 
 /// Device memory in use per GPU, as the driver sees it (every process).
 fn host_memory(agent: &Agent) -> Vec<(u32, String, u64)> {
-    let Some(nvml) = (agent.vendor == "nvidia")
-        .then(hami_cdi::nvml::Nvml::open)
-        .flatten()
-    else {
+    let Some((nvml, devices)) = nvml_devices(agent) else {
         return Vec::new();
     };
-    let Ok(inv) = discover(agent) else {
-        return Vec::new();
-    };
-    inv.devices
-        .iter()
-        .filter_map(|d| {
-            nvml.memory_used(d.index)
-                .map(|u| (d.index, d.uuid.clone(), u))
-        })
+    devices
+        .into_iter()
+        .filter_map(|(index, uuid)| nvml.memory_used(index).map(|u| (index, uuid, u)))
         .collect()
 }
 

@@ -4,22 +4,21 @@
 //! and the kubelet "restarts" (its socket is recreated) to check that the
 //! plugin registers again.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use hami_api::{BindPhase, ContainerDevice, PodAllocation};
-use hami_cdi::builder::{Layout, DEFAULT_KIND};
-use hami_cdi::discovery::{DiscoveredDevice, Inventory, NodeMapping, Vendor};
-use hami_cdi::store::SpecStore;
 use hami_node::device_plugin::api::device_plugin_client::DevicePluginClient;
 use hami_node::device_plugin::api::registration_server::{Registration, RegistrationServer};
 use hami_node::device_plugin::api::{
     AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest,
 };
-use hami_node::device_plugin::{replicas, PendingPod, Plugin, PluginDevice, PodSource, SpecWriter};
+use hami_node::device_plugin::{replicas, PendingPod, Plugin, PluginDevice, PodSource};
 use hami_node::kubelet::{self, KUBELET_SOCKET};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -130,33 +129,8 @@ fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
             let (seen, mut registrations) = mpsc::unbounded_channel();
             let kubelet_task = start_kubelet(&plugins, seen.clone());
 
-            let inventory = Inventory {
-                vendor: Vendor::Mock,
-                devices: (0..2)
-                    .map(|i| DiscoveredDevice {
-                        index: i,
-                        uuid: format!("GPU-fake-{i}"),
-                        memory_bytes: 8192 << 20,
-                        model: "Fake".into(),
-                        nodes: vec![NodeMapping::same("/dev/null")],
-                    })
-                    .collect(),
-                shared_nodes: vec![],
-                env: BTreeMap::new(),
-                mounts: vec![],
-            };
-            let layout = Layout {
-                kind: DEFAULT_KIND.into(),
-                library: work.path().join("libhami_core.so"),
-                state_dir: work.path().join("state"),
-                hook: None,
-            };
             let cdi = work.path().join("cdi");
-            let writer = Arc::new(SpecWriter {
-                inventory,
-                layout,
-                store: SpecStore::new(&cdi),
-            });
+            let writer = common::mock_writer(work.path());
             let devices: Vec<PluginDevice> = (0..2)
                 .map(|i| PluginDevice {
                     uuid: format!("GPU-fake-{i}"),

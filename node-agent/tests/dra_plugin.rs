@@ -4,14 +4,12 @@
 //! claims come from an in-memory API; the checkpoint is checked to make a
 //! restarted plugin answer the same without asking again.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
-use hami_cdi::builder::{Layout, DEFAULT_KIND};
-use hami_cdi::discovery::{DiscoveredDevice, Inventory, NodeMapping, Vendor};
-use hami_cdi::store::SpecStore;
-use hami_node::device_plugin::SpecWriter;
 use hami_node::dra::registration::registration_client::RegistrationClient;
 use hami_node::dra::registration::InfoRequest;
 use hami_node::dra::{v1, v1beta1, ClaimSource, DraDriver, DRIVER};
@@ -50,31 +48,8 @@ fn claim(uid: &str, device: &str, memory: &str, cores: &str) -> Value {
     ]}}}})
 }
 
-fn writer(work: &std::path::Path) -> Arc<SpecWriter> {
-    Arc::new(SpecWriter {
-        inventory: Inventory {
-            vendor: Vendor::Mock,
-            devices: (0..2)
-                .map(|i| DiscoveredDevice {
-                    index: i,
-                    uuid: format!("GPU-fake-{i}"),
-                    memory_bytes: 8192 << 20,
-                    model: "Fake".into(),
-                    nodes: vec![NodeMapping::same("/dev/null")],
-                })
-                .collect(),
-            shared_nodes: vec![],
-            env: BTreeMap::new(),
-            mounts: vec![],
-        },
-        layout: Layout {
-            kind: DEFAULT_KIND.into(),
-            library: work.join("libhami_core.so"),
-            state_dir: work.join("state"),
-            hook: None,
-        },
-        store: SpecStore::new(work.join("cdi")),
-    })
+fn writer(work: &std::path::Path) -> Arc<hami_node::device_plugin::SpecWriter> {
+    common::mock_writer(work)
 }
 
 #[test]

@@ -4,30 +4,14 @@
 //! reads the state directory as the node agent does. A truncated region
 //! beside it is reported, and does not stop the good one from being read.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use hami_node::{metrics, monitor};
 use hami_testkit::need::require;
+use hami_testkit::process::spawn_until_ready;
 
 const MIB: u64 = 1 << 20;
-
-fn spawn_until_ready(cmd: &mut Command) -> Child {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap() == "ready" {
-            std::thread::spawn(move || lines.for_each(drop));
-            return child;
-        }
-    }
-    panic!("cuda_app exited before ready: {:?}", child.wait());
-}
 
 fn tenant(
     gpu: &hami_testkit::fake_gpu::FakeGpu,

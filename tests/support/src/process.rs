@@ -114,6 +114,32 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
+/// Starts `cmd` and returns once it has printed a line `ready` (the fake
+/// GPU's test apps do, once their setup is done); its output is drained
+/// from then on so it never blocks on a full pipe. Panics, with what it
+/// printed, when it exits first.
+pub fn spawn_until_ready(cmd: &mut Command) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawning the test process");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line == "ready" {
+            std::thread::spawn(move || lines.for_each(drop));
+            return child;
+        }
+    }
+    let status = child.wait();
+    panic!("the process exited ({status:?}) before ready:\n{seen}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
