@@ -455,6 +455,7 @@ fn check_node(set: &str, values: &Value, docs: &[(String, Value)]) {
     );
     let node = container(spec, "node");
     let a = args(node);
+    assert_eq!(a[0], "run", "{set}: hami-node's subcommand");
     assert_eq!(
         flag(&a, "device-split-count"),
         Some(values["devicePlugin"]["deviceSplitCount"].to_string()),

@@ -1,0 +1,48 @@
+//! Every flag the Helm chart passes to hami-controller is one the binary
+//! takes, for each value set (the args go to the real binary with `--help`).
+
+use std::process::Command;
+
+fn rendered_args(overrides: serde_json::Value) -> Vec<String> {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hami");
+    let rendered = hami_chart::render(&chart, &overrides, "hami", "hami-system").unwrap();
+    let docs = hami_chart::documents(&rendered).unwrap();
+    let deployment = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "Deployment")
+        .unwrap();
+    let controller = deployment.1["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "controller")
+        .unwrap();
+    controller["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_chart_passes_only_flags_hami_controller_takes() {
+    for overrides in [
+        serde_json::json!({}),
+        serde_json::json!({"dra": {"enabled": true}, "scheduler": {"kubeScheduler": {"enabled": false},
+            "admissionWebhook": {"runtimeClassName": "nvidia", "gpuCoreUtilizationPolicy": "force"}}}),
+        serde_json::json!({"scheduler": {"admissionWebhook": {"enabled": false}, "leaderElect": false}}),
+    ] {
+        let args = rendered_args(overrides);
+        let out = Command::new(env!("CARGO_BIN_EXE_hami-controller"))
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hami-controller {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

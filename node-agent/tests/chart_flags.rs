@@ -1,0 +1,45 @@
+//! Every flag the Helm chart passes to hami-node is one the binary takes:
+//! the chart is rendered for each value set and the DaemonSet's args are
+//! handed to the real binary with `--help` at the end (clap stops at the
+//! first unknown flag, before the help).
+
+use std::process::Command;
+
+fn rendered_args(overrides: serde_json::Value) -> Vec<String> {
+    let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hami");
+    let rendered = hami_chart::render(&chart, &overrides, "hami", "hami-system").unwrap();
+    let docs = hami_chart::documents(&rendered).unwrap();
+    let ds = docs.iter().find(|(_, d)| d["kind"] == "DaemonSet").unwrap();
+    let node = ds.1["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "node")
+        .unwrap();
+    node["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_chart_passes_only_flags_hami_node_takes() {
+    for overrides in [
+        serde_json::json!({}),
+        serde_json::json!({"dra": {"enabled": true}, "ascend": {"hamiVnpuCore": true}, "devicePlugin": {"cdiEnabled": false}}),
+    ] {
+        let args = rendered_args(overrides);
+        let out = Command::new(env!("CARGO_BIN_EXE_hami-node"))
+            .args(&args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "hami-node {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
