@@ -156,6 +156,7 @@ mod tests {
                 pod: pod.into(),
                 container: "c".into(),
                 devices: vec!["GPU-0".into()],
+                pod_uid: String::new(),
             };
             writer.prepare(name, &quota, &owner).unwrap();
         }

@@ -219,6 +219,7 @@ impl SpecWriter {
             pod: pod.name.clone(),
             container,
             devices: devices.iter().map(|d| d.uuid.clone()).collect(),
+            pod_uid: pod.uid.clone(),
         };
         let edits = self.prepare(&name, &devices, &owner)?;
         Ok(api::ContainerAllocateResponse {
@@ -267,11 +268,40 @@ pub struct Plugin {
 
 type DeviceStream = Pin<Box<dyn Stream<Item = Result<api::ListAndWatchResponse, Status>> + Send>>;
 
+impl SpecWriter {
+    /// The slots of `pod` whose allocation is already on disk for this very
+    /// pod (its UID in `owner.json`): what an agent restarted between two
+    /// containers of one pod must not hand out again.
+    pub fn allocated_slots(&self, pod: &PendingPod) -> BTreeSet<usize> {
+        pod.containers
+            .iter()
+            .enumerate()
+            .filter(|(_, container)| {
+                let dir = self.layout.allocation_dir(&allocation_name(
+                    &pod.namespace,
+                    &pod.name,
+                    container,
+                ));
+                std::fs::read(dir.join(crate::monitor::OWNER_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<crate::monitor::Owner>(&b).ok())
+                    .is_some_and(|o| !o.pod_uid.is_empty() && o.pod_uid == pod.uid)
+            })
+            .map(|(slot, _)| slot)
+            .collect()
+    }
+}
+
 impl Plugin {
     async fn allocate_one(&self, count: usize) -> Result<api::ContainerAllocateResponse, Status> {
         let pods = self.pods.pending().await.map_err(Status::unavailable)?;
         let found = {
-            let taken = self.taken.lock().expect("taken lock");
+            let mut taken = self.taken.lock().expect("taken lock");
+            // What this agent did before a restart is on disk.
+            for pod in &pods {
+                let on_disk = self.writer.allocated_slots(pod);
+                taken.entry(pod.uid.clone()).or_default().extend(on_disk);
+            }
             match_slot(&pods, &taken, count)
         };
         let Some((p, slot)) = found else {

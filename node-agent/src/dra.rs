@@ -198,6 +198,7 @@ impl DraDriver {
                 pod: String::new(),
                 container: name.to_owned(),
                 devices: quotas.iter().map(|q| q.uuid.clone()).collect(),
+                pod_uid: String::new(),
             };
             self.writer.prepare(&allocation, &quotas, &owner)?;
         }

@@ -212,6 +212,7 @@ mod tests {
                     pod: "p".into(),
                     container: "c".into(),
                     devices: vec!["GPU-0".into(), "GPU-1".into()],
+                    pod_uid: String::new(),
                 },
                 snapshot: hami_region::snapshot::Snapshot {
                     limits: hami_region::layout::Limits::unlimited(),

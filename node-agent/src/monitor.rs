@@ -22,6 +22,10 @@ pub struct Owner {
     /// Physical device UUID per container-local device index.
     #[serde(default)]
     pub devices: Vec<String>,
+    /// The pod's UID, when the device plugin made the allocation: a pod
+    /// re-created under the same name is a different pod.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_uid: String,
 }
 
 pub const OWNER_FILE: &str = "owner.json";

@@ -273,3 +273,80 @@ fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
             agent.abort();
         });
 }
+
+/// An agent restarted after the first container of a pod was allocated
+/// must not hand that slot out again; a pod re-created under the same name
+/// (a new UID) is a new pod.
+#[test]
+fn a_restarted_plugin_remembers_what_it_allocated() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let work = tempfile::tempdir().unwrap();
+            let sockets = work.path().join("sockets");
+            std::fs::create_dir_all(&sockets).unwrap();
+            let writer = common::mock_writer(work.path());
+            let pods = Pods::default();
+            *pods.pending.lock().unwrap() = vec![pod(
+                "train",
+                100,
+                vec![vec![dev("GPU-fake-0", 1000)], vec![dev("GPU-fake-1", 1000)]],
+                &["a", "b"],
+            )];
+            let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
+            let serve = |name: &str| {
+                let plugin = Arc::new(Plugin {
+                    devices: rx.clone(),
+                    pods: Arc::new(pods.clone()),
+                    writer: writer.clone(),
+                    cdi: true,
+                    taken: Mutex::new(HashMap::new()),
+                });
+                kubelet::serve(plugin, &sockets, name).unwrap()
+            };
+            let one = AllocateRequest {
+                container_requests: vec![ContainerAllocateRequest {
+                    devices_ids: vec!["x".into()],
+                }],
+            };
+            let _first = serve("first.sock");
+            let mut c = DevicePluginClient::new(
+                kubelet::connect(&sockets.join("first.sock")).await.unwrap(),
+            );
+            let r = c.allocate(one.clone()).await.unwrap().into_inner();
+            assert_eq!(
+                r.container_responses[0].cdi_devices[0].name,
+                "hami.io/vgpu=default_train_a"
+            );
+            // Restart: a fresh plugin with nothing in memory.
+            let _second = serve("second.sock");
+            let mut c = DevicePluginClient::new(
+                kubelet::connect(&sockets.join("second.sock"))
+                    .await
+                    .unwrap(),
+            );
+            let r = c.allocate(one.clone()).await.unwrap().into_inner();
+            assert_eq!(
+                r.container_responses[0].cdi_devices[0].name, "hami.io/vgpu=default_train_b",
+                "slot a was done before the restart"
+            );
+            assert_eq!(
+                *pods.phases.lock().unwrap(),
+                [("default/train".to_owned(), BindPhase::Success)]
+            );
+            // The pod is deleted and re-created with the same name.
+            pods.pending.lock().unwrap()[0].uid = "uid-train-2".into();
+            let _third = serve("third.sock");
+            let mut c = DevicePluginClient::new(
+                kubelet::connect(&sockets.join("third.sock")).await.unwrap(),
+            );
+            let r = c.allocate(one).await.unwrap().into_inner();
+            assert_eq!(
+                r.container_responses[0].cdi_devices[0].name,
+                "hami.io/vgpu=default_train_a"
+            );
+        });
+}
