@@ -649,3 +649,43 @@ fn values_pass_yamllint() {
         Err(e) => panic!("yamllint: {e} (hack/prereqs.sh installs it)"),
     }
 }
+
+/// The images the chart deploys are built from deploy/images: the node
+/// image holds what the install init container copies, at the paths the
+/// script copies from, and each image runs the binary the chart's args are
+/// for.
+#[test]
+fn the_images_hold_what_the_chart_runs() {
+    let root = chart().join("../..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let node = read("deploy/images/Containerfile.node");
+    let controller = read("deploy/images/Containerfile.controller");
+    let rendered = render(&chart(), &json!({}), "hami", NAMESPACE).unwrap();
+    let docs = documents(&rendered).unwrap();
+    let ds = one(&docs, "DaemonSet");
+    let script = ds["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for file in ["/opt/hami/libhami_core.so", "/opt/hami/hami-oci-hook"] {
+        assert!(script.contains(file), "the install script copies {file}");
+        assert!(
+            node.contains(&format!(" {file}\n")),
+            "Containerfile.node puts {file} in the image"
+        );
+    }
+    assert!(
+        node.contains("hack/build-static-hook.sh"),
+        "the hook in the image is the static build"
+    );
+    assert!(node.contains(r#"ENTRYPOINT ["/usr/local/bin/hami-node"]"#));
+    assert!(controller.contains(r#"ENTRYPOINT ["/usr/local/bin/hami-controller"]"#));
+    // The images are tagged with the chart's appVersion, the chart's default tag.
+    let chart_yaml = read("charts/hami/Chart.yaml");
+    let script = read("hack/build-images.sh");
+    assert!(chart_yaml.contains("appVersion: \"0.1.0\""));
+    assert!(script.contains("appVersion") && script.contains("hami-rs/hami-$image:$version"));
+    let deployment = one(&docs, "Deployment");
+    let image = container(&deployment["spec"]["template"]["spec"], "controller")["image"].clone();
+    assert_eq!(image, "hami-rs/hami-controller:0.1.0");
+}
