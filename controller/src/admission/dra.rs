@@ -130,6 +130,32 @@ pub fn template(namespace: &str, spec: &Value) -> Value {
     })
 }
 
+/// The pod-level claim name for a container: a DNS label (lowercase, at
+/// most 63 characters), `hami-<container>` or `hami-init-<container>`.
+pub fn claim_name(list: &str, container: &str) -> String {
+    let prefix = if list == "initContainers" {
+        "hami-init-"
+    } else {
+        "hami-"
+    };
+    let mut name: String = format!("{prefix}{container}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
+}
+
 /// The conversion of one pod: the patch and the templates it references.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversion {
@@ -151,7 +177,7 @@ pub fn convert(
     let mut pod_claims: Vec<Value> = Vec::new();
     for (list, index, name, req) in containers {
         let t = template(namespace, &template_spec(req, selection));
-        let claim = format!("hami-{list}-{name}");
+        let claim = claim_name(list, name);
         let i = index.to_string();
         let container = &object["spec"][*list][*index];
         for section in ["limits", "requests"] {
@@ -209,6 +235,14 @@ pub fn convert(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_names_are_dns_labels() {
+        assert_eq!(claim_name("containers", "main"), "hami-main");
+        assert_eq!(claim_name("initContainers", "Warm_Up"), "hami-init-warm-up");
+        let long = claim_name("containers", &"x".repeat(100));
+        assert_eq!(long.len(), 63);
+    }
 
     #[test]
     fn selectors_follow_the_annotations() {

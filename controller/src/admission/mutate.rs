@@ -543,10 +543,10 @@ mod tests {
         let res = &out["spec"]["containers"][0]["resources"];
         assert_eq!(res["limits"], json!({}), "the extended resources are gone");
         assert_eq!(res["requests"], json!({"cpu": "100m", "memory": "64Mi"}));
-        assert_eq!(res["claims"], json!([{"name": "hami-containers-c"}]));
+        assert_eq!(res["claims"], json!([{"name": "hami-c"}]));
         assert_eq!(
             out["spec"]["resourceClaims"],
-            json!([{"name": "hami-containers-c", "resourceClaimTemplateName": t["metadata"]["name"]}])
+            json!([{"name": "hami-c", "resourceClaimTemplateName": t["metadata"]["name"]}])
         );
         // The default scheduler allocates claims: schedulerName is untouched.
         assert_eq!(out["spec"]["schedulerName"], pod["spec"]["schedulerName"]);
