@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{ArgAction, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use hami_node::device_plugin::{self, replicas, Plugin, PluginDevice, SpecWriter};
 use hami_node::doctor::{self, DoctorConfig, Outcome};
 use hami_node::pod_source::KubePods;
@@ -38,14 +38,8 @@ enum Command {
     Run {
         #[arg(long, env = "NODE_NAME")]
         node_name: String,
-        /// nvidia, ascend or mock.
-        #[arg(long, default_value = "nvidia")]
-        vendor: String,
-        /// Inventory file for --vendor mock.
-        #[arg(long)]
-        inventory: Option<PathBuf>,
-        #[arg(long, default_value = "/dev")]
-        dev: PathBuf,
+        #[command(flatten)]
+        source: DeviceSource,
         #[arg(long, default_value_t = 10)]
         device_split_count: u32,
         #[arg(long, default_value_t = 1.0)]
@@ -92,12 +86,8 @@ enum Command {
     /// Print what `run` would register (the node annotations, as JSON) and
     /// the devices' memory in use, then exit.
     Discover {
-        #[arg(long, default_value = "nvidia")]
-        vendor: String,
-        #[arg(long)]
-        inventory: Option<PathBuf>,
-        #[arg(long, default_value = "/dev")]
-        dev: PathBuf,
+        #[command(flatten)]
+        source: DeviceSource,
         #[arg(long, default_value_t = 10)]
         device_split_count: u32,
     },
@@ -116,6 +106,69 @@ enum Command {
     },
 }
 
+/// Where the node's devices are found.
+#[derive(Args, Debug, Clone)]
+struct DeviceSource {
+    /// nvidia, ascend or mock.
+    #[arg(long, default_value = "nvidia")]
+    vendor: String,
+    /// Inventory file for --vendor mock.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    #[arg(long, default_value = "/dev")]
+    dev: PathBuf,
+}
+
+impl DeviceSource {
+    fn discover(&self) -> Result<hami_cdi::discovery::Inventory, String> {
+        hami_cdi::discovery::for_vendor(&self.vendor, &self.dev, self.inventory.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|d| d.inventory().map_err(|e| e.to_string()))
+    }
+
+    /// NVLink/PCIe pair scores from NVML (NVIDIA nodes whose driver has the
+    /// topology calls), for topology-aware scheduling.
+    fn link_scores(&self, infos: &[hami_api::DeviceInfo]) -> Option<hami_api::LinkScores> {
+        if self.vendor != "nvidia" {
+            return None;
+        }
+        let count = infos.iter().map(|i| i.index + 1).max()?;
+        let matrix = hami_cdi::nvml::Nvml::open()?.link_scores(count)?;
+        Some(hami_node::register::link_scores(infos, &matrix))
+    }
+
+    /// What NVML says of each GPU now: memory in use (every process) and
+    /// the process samples `(pid, percent)` since this process's previous
+    /// call; empty off NVIDIA or without a loadable driver. One driver load
+    /// and one discovery serve both.
+    fn nvml_readings(&self) -> NvmlReadings {
+        let mut out = NvmlReadings::default();
+        if self.vendor != "nvidia" {
+            return out;
+        }
+        let (Some(nvml), Ok(inv)) = (hami_cdi::nvml::Nvml::open(), self.discover()) else {
+            return out;
+        };
+        for d in &inv.devices {
+            if let Some(used) = nvml.memory_used(d.index) {
+                out.memory_used.push((d.index, d.uuid.clone(), used));
+            }
+            if let Some(samples) = nvml.process_utilization(d.index) {
+                out.samples.insert(d.uuid.clone(), samples);
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+struct NvmlReadings {
+    /// `(index, uuid, bytes)`.
+    memory_used: Vec<(u32, String, u64)>,
+    /// Process samples by device UUID.
+    samples: std::collections::BTreeMap<String, Vec<(u32, u32)>>,
+}
+
 struct Agent {
     node: String,
     dra: bool,
@@ -124,67 +177,10 @@ struct Agent {
     cdi_dir: PathBuf,
     library: PathBuf,
     device_plugin_path: PathBuf,
-    vendor: String,
-    inventory: Option<PathBuf>,
-    dev: PathBuf,
+    source: DeviceSource,
     config: RegisterConfig,
     region_dir: PathBuf,
     interval: Duration,
-}
-
-fn discover(agent: &Agent) -> Result<hami_cdi::discovery::Inventory, String> {
-    hami_cdi::discovery::for_vendor(&agent.vendor, &agent.dev, agent.inventory.as_deref())
-        .map_err(|e| e.to_string())
-        .and_then(|d| d.inventory().map_err(|e| e.to_string()))
-}
-
-/// NVLink/PCIe pair scores from NVML (NVIDIA nodes whose driver has the
-/// topology calls), for topology-aware scheduling.
-fn link_scores_of(agent: &Agent, infos: &[hami_api::DeviceInfo]) -> Option<hami_api::LinkScores> {
-    if agent.vendor != "nvidia" {
-        return None;
-    }
-    let count = infos.iter().map(|i| i.index + 1).max()?;
-    let matrix = hami_cdi::nvml::Nvml::open()?.link_scores(count)?;
-    Some(hami_node::register::link_scores(infos, &matrix))
-}
-
-/// NVML and the devices it describes, on NVIDIA nodes whose driver loads.
-fn nvml_devices(agent: &Agent) -> Option<(hami_cdi::nvml::Nvml, Vec<(u32, String)>)> {
-    if agent.vendor != "nvidia" {
-        return None;
-    }
-    let nvml = hami_cdi::nvml::Nvml::open()?;
-    let inv = discover(agent).ok()?;
-    Some((
-        nvml,
-        inv.devices
-            .iter()
-            .map(|d| (d.index, d.uuid.clone()))
-            .collect(),
-    ))
-}
-
-/// Each GPU's NVML process samples `(pid, percent)`, by UUID.
-fn utilization(agent: &Agent) -> std::collections::BTreeMap<String, Vec<(u32, u32)>> {
-    let Some((nvml, devices)) = nvml_devices(agent) else {
-        return Default::default();
-    };
-    devices
-        .into_iter()
-        .filter_map(|(index, uuid)| nvml.process_utilization(index).map(|s| (uuid, s)))
-        .collect()
-}
-
-/// Device memory in use per GPU, as the driver sees it (every process).
-fn host_memory(agent: &Agent) -> Vec<(u32, String, u64)> {
-    let Some((nvml, devices)) = nvml_devices(agent) else {
-        return Vec::new();
-    };
-    devices
-        .into_iter()
-        .filter_map(|(index, uuid)| nvml.memory_used(index).map(|u| (index, uuid, u)))
-        .collect()
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {
@@ -206,18 +202,22 @@ async fn registration(
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let slices: kube::Api<kube::api::DynamicObject> =
         kube::Api::all_with(client, &hami_node::resource_slice::resource());
+    // The Node's UID owns the ResourceSlice; it does not change, so it is
+    // read once (retried until the read works).
+    let mut node_uid: Option<String> = None;
     loop {
-        match discover(&agent) {
+        match agent.source.discover() {
             Ok(inv) => {
                 let infos = device_infos(&inv, &agent.config);
-                if agent.dra {
-                    let uid = nodes
+                if agent.dra && node_uid.is_none() {
+                    node_uid = nodes
                         .get(&agent.node)
                         .await
                         .ok()
-                        .and_then(|n| n.metadata.uid)
-                        .unwrap_or_default();
-                    match hami_node::resource_slice::publish(&slices, &agent.node, &uid, &infos)
+                        .and_then(|n| n.metadata.uid);
+                }
+                if let (true, Some(uid)) = (agent.dra, &node_uid) {
+                    match hami_node::resource_slice::publish(&slices, &agent.node, uid, &infos)
                         .await
                     {
                         Ok(true) => tracing::info!("ResourceSlice updated"),
@@ -234,7 +234,7 @@ async fn registration(
                     })
                     .collect();
                 devices.send_replace(replicas(&plugin_devices, agent.config.split_count));
-                let scores = link_scores_of(&agent, &infos);
+                let scores = agent.source.link_scores(&infos);
                 match register_once(
                     &nodes,
                     &agent.node,
@@ -285,14 +285,13 @@ async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Resul
                         for (allocation, e) in &report.errors {
                             tracing::warn!(allocation, "region not read: {e}");
                         }
-                        let host = tokio::task::spawn_blocking({
+                        let nvml = tokio::task::spawn_blocking({
                             let agent = agent.clone();
-                            move || host_memory(&agent)
+                            move || agent.source.nvml_readings()
                         })
                         .await
                         .unwrap_or_default();
-                        metrics::render(&report, &agent.node)
-                            + &metrics::render_host(&host, &agent.node)
+                        metrics::page(&report, &nvml.memory_used, &nvml.samples, &agent.node)
                     }
                 }
             }),
@@ -308,55 +307,40 @@ async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Resul
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Discover {
-            vendor,
-            inventory,
-            dev,
+            source,
             device_split_count,
         } => {
-            let agent = Agent {
-                node: String::new(),
-                dra: false,
-                resource: String::new(),
-                cdi: true,
-                cdi_dir: PathBuf::new(),
-                library: PathBuf::new(),
-                device_plugin_path: PathBuf::new(),
-                vendor,
-                inventory,
-                dev: dev.clone(),
-                config: RegisterConfig {
-                    split_count: device_split_count,
-                    dev_root: dev.clone(),
-                    ..RegisterConfig::default()
-                },
-                region_dir: PathBuf::new(),
-                interval: Duration::from_secs(1),
+            let config = RegisterConfig {
+                split_count: device_split_count,
+                dev_root: source.dev.clone(),
+                ..RegisterConfig::default()
             };
-            let inv = discover(&agent).map_err(anyhow::Error::msg)?;
-            let infos = device_infos(&inv, &agent.config);
-            let scores = link_scores_of(&agent, &infos);
+            let inv = source.discover().map_err(anyhow::Error::msg)?;
+            let infos = device_infos(&inv, &config);
+            let scores = source.link_scores(&infos);
             let annotations = hami_node::register::reconcile(
                 &Default::default(),
                 &infos,
                 scores.as_ref(),
-                &agent.config,
+                &config,
                 now(),
             );
-            let used: std::collections::BTreeMap<String, u64> = host_memory(&agent)
+            // NVML samples are shares since this process's previous call:
+            // take a baseline, then the share over the next half second.
+            let _ = source.nvml_readings();
+            std::thread::sleep(Duration::from_millis(500));
+            let nvml = source.nvml_readings();
+            let used: std::collections::BTreeMap<String, u64> = nvml
+                .memory_used
                 .into_iter()
                 .map(|(_, uuid, u)| (uuid, u))
                 .collect();
-            // NVML samples are shares since this process's previous call:
-            // take a baseline, then the share over the next half second.
-            let _ = utilization(&agent);
-            std::thread::sleep(Duration::from_millis(500));
-            let samples = utilization(&agent);
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "annotations": annotations,
                     "memoryUsedBytes": used,
-                    "processUtilization": samples,
+                    "processUtilization": nvml.samples,
                 }))?
             );
             Ok(())
@@ -383,9 +367,7 @@ fn main() -> Result<()> {
         }
         Command::Run {
             node_name,
-            vendor,
-            inventory,
-            dev,
+            source,
             device_split_count,
             device_memory_scaling,
             device_core_scaling,
@@ -416,17 +398,15 @@ fn main() -> Result<()> {
                 cdi_dir,
                 library,
                 device_plugin_path,
-                vendor,
-                inventory,
-                dev: dev.clone(),
                 config: RegisterConfig {
                     split_count: device_split_count,
                     memory_scaling: device_memory_scaling,
                     core_scaling: device_core_scaling,
                     vnpu_core: hami_vnpu_core,
-                    dev_root: dev.clone(),
+                    dev_root: source.dev.clone(),
                     ..RegisterConfig::default()
                 },
+                source,
                 region_dir,
                 interval: Duration::from_secs(register_interval.max(1)),
             });
@@ -437,7 +417,9 @@ fn main() -> Result<()> {
                     let client = kube::Client::try_default()
                         .await
                         .context("connecting to the API server (kubeconfig or service account)")?;
-                    let inventory = discover(&agent)
+                    let inventory = agent
+                        .source
+                        .discover()
                         .map_err(anyhow::Error::msg)
                         .context("device discovery")?;
                     let client_for_dra = client.clone();
@@ -466,7 +448,7 @@ fn main() -> Result<()> {
                         taken: std::sync::Mutex::new(Default::default()),
                     });
                     tokio::spawn(registration(agent.clone(), client, devices));
-                    let endpoint = format!("hami-{}.sock", agent.vendor);
+                    let endpoint = format!("hami-{}.sock", agent.source.vendor);
                     tokio::spawn(kubelet::run(
                         plugin,
                         agent.device_plugin_path.clone(),

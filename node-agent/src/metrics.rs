@@ -136,6 +136,20 @@ pub fn render(report: &Report, node: &str) -> String {
     out
 }
 
+/// The whole `/metrics` page: the regions' families, then NVML's host
+/// memory (`(index, uuid, bytes)`) and the containers' utilization from
+/// NVML's process samples (by device UUID).
+pub fn page(
+    report: &Report,
+    memory_used: &[(u32, String, u64)],
+    samples: &std::collections::BTreeMap<String, Vec<(u32, u32)>>,
+    node: &str,
+) -> String {
+    render(report, node)
+        + &render_host(memory_used, node)
+        + &render_utilization(report, samples, node)
+}
+
 /// `hami_container_device_utilization_ratio`: each container's share of
 /// each of its devices (0-1), summed over its processes' NVML samples
 /// (`samples` by device UUID: `(pid, percent)`).
@@ -232,6 +246,16 @@ mod tests {
         .into_iter()
         .collect();
         let text = render_utilization(&report, &samples, "n");
+        // The page served at /metrics carries every family.
+        let page = page(&report, &[(0, "GPU-0".into(), 7)], &samples, "n");
+        for family in [
+            "# TYPE hami_vgpu_memory_used_bytes gauge",
+            "# TYPE hami_host_gpu_memory_used_bytes gauge",
+            "# TYPE hami_container_device_utilization_ratio gauge",
+        ] {
+            assert!(page.contains(family), "{family}");
+        }
+        assert!(page.contains(&text));
         assert!(text.lines().any(|l| l == r#"hami_container_device_utilization_ratio{node="n",namespace="ns",pod="p",container="c",allocation="a",deviceidx="0",deviceuuid="GPU-0"} 0.35"#), "{text}");
         assert!(
             text.lines()
