@@ -675,18 +675,9 @@ pub async fn bind_pod(
 mod tests {
     use super::*;
     use crate::node_lock::{acquire, LockPolicy, LockStore};
-    use hami_kube_mock::{failure, next, respond};
+    use hami_kube_mock::{block_on, failure, next, respond};
     use http_body_util::BodyExt;
     use serde_json::{json, Value};
-
-    /// Runs a test's async body on a current-thread runtime.
-    fn block_on<F: std::future::Future>(body: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(body)
-    }
 
     fn profiles() -> Vec<VendorProfile> {
         VendorProfile::defaults()
@@ -764,11 +755,7 @@ mod tests {
     #[test]
     fn annotations_are_written_with_one_merge_patch() {
         block_on(async {
-            let (service, mut handle) = tower_test::mock::pair::<
-                http::Request<kube::client::Body>,
-                http::Response<kube::client::Body>,
-            >();
-            let client = Client::new(service, "default");
+            let (client, mut handle) = hami_kube_mock::pair("default");
             let api: Api<Pod> = Api::namespaced(client, "team-a");
             let patch = json!({"metadata": {"annotations": {"hami.io/vgpu-node": "n1"}}});
             let server = tokio::spawn(async move {
@@ -818,8 +805,8 @@ mod tests {
     #[test]
     fn a_contended_take_against_the_api_server() {
         block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let store = KubeLockStore::new(Client::new(service, "default"));
+            let (client, mut handle) = hami_kube_mock::pair("default");
+            let store = KubeLockStore::new(client);
             let server = tokio::spawn(async move {
                 let (m, uri, _, send) = next(&mut handle).await;
                 assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
@@ -903,8 +890,7 @@ mod tests {
     #[test]
     fn a_bind_takes_the_lock_marks_the_pod_and_binds() {
         block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let client = Client::new(service, "default");
+            let (client, mut handle) = hami_kube_mock::pair("default");
             let locks = KubeLockStore::new(client.clone());
             let server = tokio::spawn(async move {
                 let (m, uri, _, send) = next(&mut handle).await;
@@ -982,8 +968,7 @@ mod tests {
     #[test]
     fn a_failed_bind_marks_the_pod_and_frees_the_node() {
         block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let client = Client::new(service, "default");
+            let (client, mut handle) = hami_kube_mock::pair("default");
             let locks = KubeLockStore::new(client.clone());
             let server = tokio::spawn(async move {
                 let (_, _, _, send) = next(&mut handle).await;
@@ -1086,8 +1071,8 @@ mod tests {
     #[test]
     fn a_missing_node_and_a_missing_holder() {
         block_on(async {
-            let (service, mut handle) = tower_test::mock::pair();
-            let store = KubeLockStore::new(Client::new(service, "default"));
+            let (client, mut handle) = hami_kube_mock::pair("default");
+            let store = KubeLockStore::new(client);
             let server = tokio::spawn(async move {
                 let not_found = |what: &str| failure(404, "NotFound", &format!("{what} not found"));
                 let (_, _, _, send) = next(&mut handle).await;
@@ -1123,8 +1108,7 @@ mod tests {
         ] {
             let discovery = discovery.clone();
             block_on(async move {
-                let (service, mut handle) = tower_test::mock::pair();
-                let client = Client::new(service, "default");
+                let (client, mut handle) = hami_kube_mock::pair("default");
                 let server = tokio::spawn(async move {
                     let (m, uri, _, send) = next(&mut handle).await;
                     assert_eq!(

@@ -222,7 +222,6 @@ pub async fn run(api: Api<Lease>, cfg: LeaderConfig, leader: Arc<AtomicBool>) {
 mod tests {
     use super::*;
     use hami_kube_mock::{failure, next, respond};
-    use kube::Client;
     use serde_json::{json, Value};
 
     fn at(second: i64) -> Timestamp {
@@ -295,75 +294,70 @@ mod tests {
     /// transitions + 1); lose the takeover race to a 409.
     #[test]
     fn the_calls_of_an_election() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let (service, mut handle) = tower_test::mock::pair();
-                let api: Api<Lease> =
-                    Api::namespaced(Client::new(service, "kube-system"), "kube-system");
-                let cfg = LeaderConfig::new("hami-scheduler", "replica-a");
-                let path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
-                let server = tokio::spawn(async move {
-                    // Round 1: no Lease yet.
-                    let (m, uri, _, send) = next(&mut handle).await;
-                    assert_eq!(
-                        (m, uri),
-                        (http::Method::GET, format!("{path}/hami-scheduler"))
-                    );
-                    respond(send, 404, failure(404, "NotFound", "leases not found"));
-                    let (m, uri, body, send) = next(&mut handle).await;
-                    assert_eq!((m, uri), (http::Method::POST, format!("{path}?")));
-                    assert_eq!(body["spec"]["holderIdentity"], "replica-a");
-                    assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
-                    assert_eq!(body["spec"]["leaseTransitions"], 0);
-                    respond(send, 201, body);
-                    // Round 2: replica-b renewed 5 s ago.
-                    let (m, _, _, send) = next(&mut handle).await;
-                    assert_eq!(m, http::Method::GET);
-                    respond(
-                        send,
-                        200,
-                        lease("replica-b", "41", "2026-11-20T00:00:05.000000Z", 3),
-                    );
-                    // Round 3: replica-b went silent 60 s ago.
-                    let (_, _, _, send) = next(&mut handle).await;
-                    respond(
-                        send,
-                        200,
-                        lease("replica-b", "42", "2026-11-19T23:59:10.000000Z", 3),
-                    );
-                    let (m, uri, body, send) = next(&mut handle).await;
-                    assert_eq!(
-                        (m, uri),
-                        (http::Method::PUT, format!("{path}/hami-scheduler?"))
-                    );
-                    assert_eq!(body["metadata"]["resourceVersion"], "42");
-                    assert_eq!(body["spec"]["holderIdentity"], "replica-a");
-                    assert_eq!(body["spec"]["leaseTransitions"], 4);
-                    respond(send, 200, body);
-                    // Round 4: expired again, but another replica wins the write.
-                    let (_, _, _, send) = next(&mut handle).await;
-                    respond(
-                        send,
-                        200,
-                        lease("replica-c", "50", "2026-11-19T23:00:00.000000Z", 4),
-                    );
-                    let (m, _, _, send) = next(&mut handle).await;
-                    assert_eq!(m, http::Method::PUT);
-                    respond(
-                        send,
-                        409,
-                        failure(409, "Conflict", "the object has been modified"),
-                    );
-                });
-                let now = Timestamp::from_second(1795132810).unwrap(); // 2026-11-20T00:00:10Z
-                assert!(try_acquire_or_renew(&api, &cfg, now).await.unwrap());
-                assert!(!try_acquire_or_renew(&api, &cfg, now).await.unwrap());
-                assert!(try_acquire_or_renew(&api, &cfg, now).await.unwrap());
-                assert!(!try_acquire_or_renew(&api, &cfg, now).await.unwrap());
-                server.await.unwrap();
+        hami_kube_mock::block_on(async {
+            let (client, mut handle) = hami_kube_mock::pair("kube-system");
+            let api: Api<Lease> = Api::namespaced(client, "kube-system");
+            let cfg = LeaderConfig::new("hami-scheduler", "replica-a");
+            let path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+            let server = tokio::spawn(async move {
+                // Round 1: no Lease yet.
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri),
+                    (http::Method::GET, format!("{path}/hami-scheduler"))
+                );
+                respond(send, 404, failure(404, "NotFound", "leases not found"));
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!((m, uri), (http::Method::POST, format!("{path}?")));
+                assert_eq!(body["spec"]["holderIdentity"], "replica-a");
+                assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+                assert_eq!(body["spec"]["leaseTransitions"], 0);
+                respond(send, 201, body);
+                // Round 2: replica-b renewed 5 s ago.
+                let (m, _, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::GET);
+                respond(
+                    send,
+                    200,
+                    lease("replica-b", "41", "2026-11-20T00:00:05.000000Z", 3),
+                );
+                // Round 3: replica-b went silent 60 s ago.
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    lease("replica-b", "42", "2026-11-19T23:59:10.000000Z", 3),
+                );
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri),
+                    (http::Method::PUT, format!("{path}/hami-scheduler?"))
+                );
+                assert_eq!(body["metadata"]["resourceVersion"], "42");
+                assert_eq!(body["spec"]["holderIdentity"], "replica-a");
+                assert_eq!(body["spec"]["leaseTransitions"], 4);
+                respond(send, 200, body);
+                // Round 4: expired again, but another replica wins the write.
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    lease("replica-c", "50", "2026-11-19T23:00:00.000000Z", 4),
+                );
+                let (m, _, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PUT);
+                respond(
+                    send,
+                    409,
+                    failure(409, "Conflict", "the object has been modified"),
+                );
             });
+            let now = Timestamp::from_second(1795132810).unwrap(); // 2026-11-20T00:00:10Z
+            assert!(try_acquire_or_renew(&api, &cfg, now).await.unwrap());
+            assert!(!try_acquire_or_renew(&api, &cfg, now).await.unwrap());
+            assert!(try_acquire_or_renew(&api, &cfg, now).await.unwrap());
+            assert!(!try_acquire_or_renew(&api, &cfg, now).await.unwrap());
+            server.await.unwrap();
+        });
     }
 }

@@ -11,29 +11,16 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use hami_controller::kube_cluster::KubeCluster;
 use hami_controller::server::{router, Cluster, Settings};
+use hami_kube_mock::{respond, try_next, Handle, Responder};
 use http_body_util::BodyExt;
-use kube::Client;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-
-type Handle =
-    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
-type Send = tower_test::mock::SendResponse<http::Response<kube::client::Body>>;
 
 fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/fixtures/k8s")
         .join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn respond(send: Send, status: u16, body: &Value) {
-    send.send_response(
-        http::Response::builder()
-            .status(status)
-            .body(kube::client::Body::from(body.to_string().into_bytes()))
-            .unwrap(),
-    );
 }
 
 const REGISTER: &str =
@@ -53,18 +40,16 @@ type Call = (String, String, Value);
 
 /// Plays the API server until the client goes away.
 async fn api_server(mut handle: Handle, calls: Arc<Mutex<Vec<Call>>>) {
-    let mut watches: Vec<Send> = Vec::new();
+    let mut watches: Vec<Responder> = Vec::new();
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "ext-1", "namespace": "default", "uid": "5a53271d-20c3-4b39-b421-64490ff91216"},
         "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}});
     let mut node_rv = 10;
-    while let Some((request, send)) = handle.next_request().await {
-        let method = request.method().to_string();
-        let uri = request.uri().clone();
+    while let Some((method, uri, body, send)) = try_next(&mut handle).await {
+        let method = method.to_string();
+        let uri: http::Uri = uri.parse().expect("a request URI");
         let path = uri.path().to_owned();
         let query = uri.query().unwrap_or_default().to_owned();
-        let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if query.contains("watch=true") {
             // Watches stay open and quiet: nothing changes behind the test.
             watches.push(send);
@@ -74,19 +59,19 @@ async fn api_server(mut handle: Handle, calls: Arc<Mutex<Vec<Call>>>) {
             ("GET", "/api/v1/nodes") => respond(
                 send,
                 200,
-                &json!({"apiVersion": "v1", "kind": "NodeList",
+                json!({"apiVersion": "v1", "kind": "NodeList",
                         "metadata": {"resourceVersion": "100"}, "items": [node("10", None)]}),
             ),
             ("GET", "/api/v1/resourcequotas") => respond(
                 send,
                 200,
-                &json!({"apiVersion": "v1", "kind": "ResourceQuotaList",
+                json!({"apiVersion": "v1", "kind": "ResourceQuotaList",
                         "metadata": {"resourceVersion": "100"}, "items": []}),
             ),
             ("GET", "/api/v1/pods") => respond(
                 send,
                 200,
-                &json!({"apiVersion": "v1", "kind": "PodList",
+                json!({"apiVersion": "v1", "kind": "PodList",
                         "metadata": {"resourceVersion": "100"}, "items": [pod]}),
             ),
             _ => {
@@ -108,7 +93,7 @@ async fn api_server(mut handle: Handle, calls: Arc<Mutex<Vec<Call>>>) {
                     ("POST", "/api/v1/namespaces/default/events") => body.clone(),
                     other => panic!("unexpected call {other:?}"),
                 };
-                respond(send, 200, &reply);
+                respond(send, 200, reply);
             }
         }
     }
@@ -137,10 +122,10 @@ fn filter_then_bind_make_exactly_these_api_calls() {
         .build()
         .unwrap()
         .block_on(async {
-            let (service, handle) = tower_test::mock::pair();
+            let (client, handle) = hami_kube_mock::pair("default");
             let calls = Arc::new(Mutex::new(Vec::new()));
             tokio::spawn(api_server(handle, calls.clone()));
-            let cluster = KubeCluster::start(Client::new(service, "default"));
+            let cluster = KubeCluster::start(client);
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while !cluster.ready() {
                 assert!(

@@ -355,59 +355,76 @@ mod api_tests {
     /// handshake answer.
     #[test]
     fn the_calls_of_three_rounds() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let (client, mut handle) = hami_kube_mock::pair("default");
-                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
-                let cfg = RegisterConfig::default();
-                let infos = vec![DeviceInfo {
-                    id: "GPU-a".into(),
-                    count: 10,
-                    devmem: 8192,
-                    devcore: 100,
-                    device_type: "NVIDIA-T4".into(),
-                    mode: "hami-core".into(),
-                    health: true,
-                    ..DeviceInfo::default()
-                }];
-                let register = node_register::encode(&infos);
-                let now = DateTime::parse_from_rfc3339("2026-11-23T08:00:00+00:00").unwrap();
-                let reported = Handshake::Reported(now).encode();
-                let node = |ann: Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": ann}});
-                let (reg2, rep2) = (register.clone(), reported.clone());
-                let server = tokio::spawn(async move {
-                    let (m, uri, _, send) = next(&mut handle).await;
-                    assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
-                    respond(send, 200, node(json!({})));
-                    let (m, uri, body, send) = next(&mut handle).await;
-                    assert_eq!(m, http::Method::PATCH);
-                    assert!(uri.starts_with("/api/v1/nodes/n1?"), "{uri}");
-                    assert_eq!(
-                        body,
-                        json!({"metadata": {"annotations": {
+        hami_kube_mock::block_on(async {
+            let (client, mut handle) = hami_kube_mock::pair("default");
+            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+            let cfg = RegisterConfig::default();
+            let infos = vec![DeviceInfo {
+                id: "GPU-a".into(),
+                count: 10,
+                devmem: 8192,
+                devcore: 100,
+                device_type: "NVIDIA-T4".into(),
+                mode: "hami-core".into(),
+                health: true,
+                ..DeviceInfo::default()
+            }];
+            let register = node_register::encode(&infos);
+            let now = DateTime::parse_from_rfc3339("2026-11-23T08:00:00+00:00").unwrap();
+            let reported = Handshake::Reported(now).encode();
+            let node = |ann: Value| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "annotations": ann}});
+            let (reg2, rep2) = (register.clone(), reported.clone());
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!((m, uri.as_str()), (http::Method::GET, "/api/v1/nodes/n1"));
+                respond(send, 200, node(json!({})));
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert!(uri.starts_with("/api/v1/nodes/n1?"), "{uri}");
+                assert_eq!(
+                    body,
+                    json!({"metadata": {"annotations": {
                             "hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2}}})
-                    );
-                    respond(send, 200, node(body["metadata"]["annotations"].clone()));
-                    // Round 2: the node shows both; only a read.
-                    let (m, _, _, send) = next(&mut handle).await;
-                    assert_eq!(m, http::Method::GET);
-                    respond(send, 200, node(json!({"hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2})));
-                    // Round 3: the scheduler asks.
-                    let (_, _, _, send) = next(&mut handle).await;
-                    respond(send, 200, node(json!({"hami.io/node-handshake": "Requesting_2026-11-23 07:59:59", "hami.io/node-nvidia-register": reg2})));
-                    let (m, _, body, send) = next(&mut handle).await;
-                    assert_eq!(m, http::Method::PATCH);
-                    assert_eq!(body, json!({"metadata": {"annotations": {"hami.io/node-handshake": rep2}}}));
-                    respond(send, 200, node(json!({})));
-                });
-                assert!(register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
-                assert!(!register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
-                assert!(register_once(&nodes, "n1", &infos, None, &cfg, now).await.unwrap());
-                server.await.unwrap();
-                let _ = (register, reported);
+                );
+                respond(send, 200, node(body["metadata"]["annotations"].clone()));
+                // Round 2: the node shows both; only a read.
+                let (m, _, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::GET);
+                respond(
+                    send,
+                    200,
+                    node(
+                        json!({"hami.io/node-handshake": rep2, "hami.io/node-nvidia-register": reg2}),
+                    ),
+                );
+                // Round 3: the scheduler asks.
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(
+                    send,
+                    200,
+                    node(
+                        json!({"hami.io/node-handshake": "Requesting_2026-11-23 07:59:59", "hami.io/node-nvidia-register": reg2}),
+                    ),
+                );
+                let (m, _, body, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::PATCH);
+                assert_eq!(
+                    body,
+                    json!({"metadata": {"annotations": {"hami.io/node-handshake": rep2}}})
+                );
+                respond(send, 200, node(json!({})));
             });
+            assert!(register_once(&nodes, "n1", &infos, None, &cfg, now)
+                .await
+                .unwrap());
+            assert!(!register_once(&nodes, "n1", &infos, None, &cfg, now)
+                .await
+                .unwrap());
+            assert!(register_once(&nodes, "n1", &infos, None, &cfg, now)
+                .await
+                .unwrap());
+            server.await.unwrap();
+            let _ = (register, reported);
+        });
     }
 }

@@ -135,48 +135,44 @@ mod tests {
     /// generation and the resourceVersion read when a device changed.
     #[test]
     fn the_calls_of_publishing() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let (client, mut handle) = hami_kube_mock::pair("default");
-                let api: Api<DynamicObject> = Api::all_with(client, &resource());
-                let path = "/apis/resource.k8s.io/v1/resourceslices";
-                let server = tokio::spawn(async move {
-                    let (m, uri, _, send) = next(&mut handle).await;
-                    assert_eq!(
-                        (m, uri),
-                        (http::Method::GET, format!("{path}/n1-hami-core-gpu"))
-                    );
-                    respond(send, 404, failure(404, "NotFound", "not found"));
-                    let (m, uri, body, send) = next(&mut handle).await;
-                    assert_eq!((m, uri), (http::Method::POST, format!("{path}?")));
-                    assert_eq!(body["spec"]["pool"]["generation"], 1);
-                    let mut stored = body.clone();
-                    stored["metadata"]["resourceVersion"] = json!("7");
-                    respond(send, 201, body);
-                    let (_, _, _, send) = next(&mut handle).await;
-                    respond(send, 200, stored.clone());
-                    let (_, _, _, send) = next(&mut handle).await;
-                    respond(send, 200, stored);
-                    let (m, uri, body, send) = next(&mut handle).await;
-                    assert_eq!(
-                        (m, uri),
-                        (http::Method::PUT, format!("{path}/n1-hami-core-gpu?"))
-                    );
-                    assert_eq!(body["metadata"]["resourceVersion"], "7");
-                    assert_eq!(body["spec"]["pool"]["generation"], 2);
-                    assert_eq!(body["spec"]["devices"].as_array().unwrap().len(), 1);
-                    respond(send, 200, body);
-                });
-                let two = [gpu(0, true), gpu(1, true)];
-                assert!(publish(&api, "n1", "u1", &two).await.unwrap());
-                assert!(!publish(&api, "n1", "u1", &two).await.unwrap());
-                assert!(publish(&api, "n1", "u1", &[gpu(0, true), gpu(1, false)])
-                    .await
-                    .unwrap());
-                server.await.unwrap();
+        hami_kube_mock::block_on(async {
+            let (client, mut handle) = hami_kube_mock::pair("default");
+            let api: Api<DynamicObject> = Api::all_with(client, &resource());
+            let path = "/apis/resource.k8s.io/v1/resourceslices";
+            let server = tokio::spawn(async move {
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri),
+                    (http::Method::GET, format!("{path}/n1-hami-core-gpu"))
+                );
+                respond(send, 404, failure(404, "NotFound", "not found"));
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!((m, uri), (http::Method::POST, format!("{path}?")));
+                assert_eq!(body["spec"]["pool"]["generation"], 1);
+                let mut stored = body.clone();
+                stored["metadata"]["resourceVersion"] = json!("7");
+                respond(send, 201, body);
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, stored.clone());
+                let (_, _, _, send) = next(&mut handle).await;
+                respond(send, 200, stored);
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(
+                    (m, uri),
+                    (http::Method::PUT, format!("{path}/n1-hami-core-gpu?"))
+                );
+                assert_eq!(body["metadata"]["resourceVersion"], "7");
+                assert_eq!(body["spec"]["pool"]["generation"], 2);
+                assert_eq!(body["spec"]["devices"].as_array().unwrap().len(), 1);
+                respond(send, 200, body);
             });
+            let two = [gpu(0, true), gpu(1, true)];
+            assert!(publish(&api, "n1", "u1", &two).await.unwrap());
+            assert!(!publish(&api, "n1", "u1", &two).await.unwrap());
+            assert!(publish(&api, "n1", "u1", &[gpu(0, true), gpu(1, false)])
+                .await
+                .unwrap());
+            server.await.unwrap();
+        });
     }
 }

@@ -10,6 +10,15 @@ pub type Handle =
     tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
 pub type Responder = tower_test::mock::SendResponse<http::Response<kube::client::Body>>;
 
+/// Runs a test's async body on a current-thread runtime (timers on).
+pub fn block_on<F: std::future::Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(body)
+}
+
 /// A client whose default namespace is `namespace`, and the scenario's handle.
 pub fn pair(namespace: &str) -> (kube::Client, Handle) {
     let (service, handle) = tower_test::mock::pair();
@@ -19,7 +28,13 @@ pub fn pair(namespace: &str) -> (kube::Client, Handle) {
 /// The next request: method, URI (path and query), and its JSON body
 /// (`Null` when empty).
 pub async fn next(handle: &mut Handle) -> (http::Method, String, Value, Responder) {
-    let (request, send) = handle.next_request().await.expect("a request");
+    try_next(handle).await.expect("a request")
+}
+
+/// [`next`], or `None` once the client is gone (for a scenario that serves
+/// until the test ends).
+pub async fn try_next(handle: &mut Handle) -> Option<(http::Method, String, Value, Responder)> {
+    let (request, send) = handle.next_request().await?;
     let method = request.method().clone();
     let uri = request.uri().to_string();
     let bytes = request
@@ -33,7 +48,7 @@ pub async fn next(handle: &mut Handle) -> (http::Method, String, Value, Responde
     } else {
         serde_json::from_slice(&bytes).expect("a JSON request body")
     };
-    (method, uri, body, send)
+    Some((method, uri, body, send))
 }
 
 /// Answers with `status` and the JSON `body`.
