@@ -5,24 +5,7 @@ use std::process::Command;
 
 fn rendered_args(overrides: serde_json::Value) -> Vec<String> {
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hami");
-    let rendered = hami_chart::render(&chart, &overrides, "hami", "hami-system").unwrap();
-    let docs = hami_chart::documents(&rendered).unwrap();
-    let deployment = docs
-        .iter()
-        .find(|(_, d)| d["kind"] == "Deployment")
-        .unwrap();
-    let controller = deployment.1["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "controller")
-        .unwrap();
-    controller["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
+    hami_chart::container_args(&chart, &overrides, "Deployment", "controller").unwrap()
 }
 
 #[test]

@@ -7,21 +7,7 @@ use std::process::Command;
 
 fn rendered_args(overrides: serde_json::Value) -> Vec<String> {
     let chart = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hami");
-    let rendered = hami_chart::render(&chart, &overrides, "hami", "hami-system").unwrap();
-    let docs = hami_chart::documents(&rendered).unwrap();
-    let ds = docs.iter().find(|(_, d)| d["kind"] == "DaemonSet").unwrap();
-    let node = ds.1["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "node")
-        .unwrap();
-    node["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
+    hami_chart::container_args(&chart, &overrides, "DaemonSet", "node").unwrap()
 }
 
 #[test]

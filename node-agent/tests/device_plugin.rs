@@ -117,161 +117,156 @@ fn pod(
 
 #[test]
 fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let work = tempfile::tempdir().unwrap();
-            let plugins = work.path().join("device-plugins");
-            std::fs::create_dir_all(&plugins).unwrap();
-            let (seen, mut registrations) = mpsc::unbounded_channel();
-            let kubelet_task = start_kubelet(&plugins, seen.clone());
+    common::runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let plugins = work.path().join("device-plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let (seen, mut registrations) = mpsc::unbounded_channel();
+        let kubelet_task = start_kubelet(&plugins, seen.clone());
 
-            let cdi = work.path().join("cdi");
-            let writer = common::mock_writer(work.path());
-            let devices: Vec<PluginDevice> = (0..2)
-                .map(|i| PluginDevice {
-                    uuid: format!("GPU-fake-{i}"),
-                    numa: 0,
-                    healthy: true,
-                })
-                .collect();
-            let (_devices_tx, devices_rx) = tokio::sync::watch::channel(replicas(&devices, 4));
-            let pods = Pods::default();
-            // Two pending pods (an expired lock let both through): "late"
-            // asks 1 device in one container; "early" has two containers,
-            // 2 devices then 1, and an empty sidecar slot between.
-            *pods.pending.lock().unwrap() = vec![
-                pod("late", 200, vec![vec![dev("GPU-fake-1", 500)]], &["c"]),
-                pod(
-                    "early",
-                    100,
-                    vec![
-                        vec![dev("GPU-fake-0", 1000), dev("GPU-fake-1", 1000)],
-                        vec![],
-                        vec![dev("GPU-fake-0", 2000)],
-                    ],
-                    &["train", "sidecar", "eval"],
-                ),
-            ];
-            let plugin = Arc::new(Plugin {
-                devices: devices_rx,
-                pods: Arc::new(pods.clone()),
-                writer,
-                cdi: true,
-                taken: Mutex::new(HashMap::new()),
-            });
-            let agent = tokio::spawn(kubelet::run(
-                plugin,
-                plugins.clone(),
-                "hami-nvidia.sock".into(),
-                "nvidia.com/gpu".into(),
-                Duration::from_millis(50),
-            ));
-
-            let first = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(
-                (
-                    first.version.as_str(),
-                    first.endpoint.as_str(),
-                    first.resource_name.as_str()
-                ),
-                ("v1beta1", "hami-nvidia.sock", "nvidia.com/gpu")
-            );
-
-            let channel = kubelet::connect(&plugins.join("hami-nvidia.sock"))
-                .await
-                .unwrap();
-            let mut client = DevicePluginClient::new(channel);
-            let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
-            let listed = stream.next().await.unwrap().unwrap();
-            assert_eq!(listed.devices.len(), 8, "2 devices x split 4");
-            assert_eq!(listed.devices[0].id, "GPU-fake-0::0");
-            assert!(listed.devices.iter().all(|d| d.health == "Healthy"));
-
-            let allocate = |n: usize| AllocateRequest {
-                container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: (0..n)
-                        .map(|i| format!("whatever-kubelet-picked-{i}"))
-                        .collect(),
-                }],
-            };
-            // 1 device: "early" goes first (bind-time) but its next slot wants 2,
-            // so this is "late"'s container.
-            let r = client.allocate(allocate(1)).await.unwrap().into_inner();
-            let c = &r.container_responses[0];
-            assert_eq!(c.cdi_devices[0].name, "hami.io/vgpu=default_late_c");
-            assert_eq!(
-                c.envs.get("CUDA_DEVICE_MEMORY_LIMIT_0").map(String::as_str),
-                Some("500m"),
-                "{:?}",
-                c.envs
-            );
-            assert!(
-                cdi.join("hami.io-vgpu_default_late_c.json").exists()
-                    || std::fs::read_dir(&cdi).unwrap().count() == 1
-            );
-            // Then "early": 2 devices for "train", 1 for "eval" (the sidecar is skipped).
-            let r = client.allocate(allocate(2)).await.unwrap().into_inner();
-            assert_eq!(
-                r.container_responses[0].cdi_devices[0].name,
-                "hami.io/vgpu=default_early_train"
-            );
-            let r = client.allocate(allocate(1)).await.unwrap().into_inner();
-            assert_eq!(
-                r.container_responses[0].cdi_devices[0].name,
-                "hami.io/vgpu=default_early_eval"
-            );
-            // Nothing left to match: a clear error, never another pod's devices.
-            let e = client.allocate(allocate(1)).await.unwrap_err();
-            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-            assert_eq!(
-                *pods.phases.lock().unwrap(),
-                [
-                    ("default/late".to_owned(), BindPhase::Success),
-                    ("default/early".to_owned(), BindPhase::Success)
-                ]
-            );
-            let mut specs: Vec<String> = std::fs::read_dir(&cdi)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            specs.sort();
-            assert_eq!(
-                specs,
-                [
-                    "hami.io-vgpu_default_early_eval.json",
-                    "hami.io-vgpu_default_early_train.json",
-                    "hami.io-vgpu_default_late_c.json"
-                ]
-            );
-            // The monitor can tell whose region this is.
-            let owner =
-                std::fs::read_to_string(work.path().join("state/default_early_train/owner.json"))
-                    .unwrap();
-            assert!(owner.contains("\"GPU-fake-1\""), "{owner}");
-
-            // kubelet restarts: a new socket, and the plugin's socket wiped.
-            kubelet_task.abort();
-            std::fs::remove_file(plugins.join(KUBELET_SOCKET)).unwrap();
-            std::fs::remove_file(plugins.join("hami-nvidia.sock")).unwrap();
-            let _again = start_kubelet(&plugins, seen);
-            let second = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(second.resource_name, "nvidia.com/gpu");
-            assert!(
-                plugins.join("hami-nvidia.sock").exists(),
-                "the plugin serves again"
-            );
-            agent.abort();
+        let cdi = work.path().join("cdi");
+        let writer = common::mock_writer(work.path());
+        let devices: Vec<PluginDevice> = (0..2)
+            .map(|i| PluginDevice {
+                uuid: format!("GPU-fake-{i}"),
+                numa: 0,
+                healthy: true,
+            })
+            .collect();
+        let (_devices_tx, devices_rx) = tokio::sync::watch::channel(replicas(&devices, 4));
+        let pods = Pods::default();
+        // Two pending pods (an expired lock let both through): "late"
+        // asks 1 device in one container; "early" has two containers,
+        // 2 devices then 1, and an empty sidecar slot between.
+        *pods.pending.lock().unwrap() = vec![
+            pod("late", 200, vec![vec![dev("GPU-fake-1", 500)]], &["c"]),
+            pod(
+                "early",
+                100,
+                vec![
+                    vec![dev("GPU-fake-0", 1000), dev("GPU-fake-1", 1000)],
+                    vec![],
+                    vec![dev("GPU-fake-0", 2000)],
+                ],
+                &["train", "sidecar", "eval"],
+            ),
+        ];
+        let plugin = Arc::new(Plugin {
+            devices: devices_rx,
+            pods: Arc::new(pods.clone()),
+            writer,
+            cdi: true,
+            taken: Mutex::new(HashMap::new()),
         });
+        let agent = tokio::spawn(kubelet::run(
+            plugin,
+            plugins.clone(),
+            "hami-nvidia.sock".into(),
+            "nvidia.com/gpu".into(),
+            Duration::from_millis(50),
+        ));
+
+        let first = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                first.version.as_str(),
+                first.endpoint.as_str(),
+                first.resource_name.as_str()
+            ),
+            ("v1beta1", "hami-nvidia.sock", "nvidia.com/gpu")
+        );
+
+        let channel = kubelet::connect(&plugins.join("hami-nvidia.sock"))
+            .await
+            .unwrap();
+        let mut client = DevicePluginClient::new(channel);
+        let mut stream = client.list_and_watch(Empty {}).await.unwrap().into_inner();
+        let listed = stream.next().await.unwrap().unwrap();
+        assert_eq!(listed.devices.len(), 8, "2 devices x split 4");
+        assert_eq!(listed.devices[0].id, "GPU-fake-0::0");
+        assert!(listed.devices.iter().all(|d| d.health == "Healthy"));
+
+        let allocate = |n: usize| AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: (0..n)
+                    .map(|i| format!("whatever-kubelet-picked-{i}"))
+                    .collect(),
+            }],
+        };
+        // 1 device: "early" goes first (bind-time) but its next slot wants 2,
+        // so this is "late"'s container.
+        let r = client.allocate(allocate(1)).await.unwrap().into_inner();
+        let c = &r.container_responses[0];
+        assert_eq!(c.cdi_devices[0].name, "hami.io/vgpu=default_late_c");
+        assert_eq!(
+            c.envs.get("CUDA_DEVICE_MEMORY_LIMIT_0").map(String::as_str),
+            Some("500m"),
+            "{:?}",
+            c.envs
+        );
+        assert!(
+            cdi.join("hami.io-vgpu_default_late_c.json").exists()
+                || std::fs::read_dir(&cdi).unwrap().count() == 1
+        );
+        // Then "early": 2 devices for "train", 1 for "eval" (the sidecar is skipped).
+        let r = client.allocate(allocate(2)).await.unwrap().into_inner();
+        assert_eq!(
+            r.container_responses[0].cdi_devices[0].name,
+            "hami.io/vgpu=default_early_train"
+        );
+        let r = client.allocate(allocate(1)).await.unwrap().into_inner();
+        assert_eq!(
+            r.container_responses[0].cdi_devices[0].name,
+            "hami.io/vgpu=default_early_eval"
+        );
+        // Nothing left to match: a clear error, never another pod's devices.
+        let e = client.allocate(allocate(1)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            *pods.phases.lock().unwrap(),
+            [
+                ("default/late".to_owned(), BindPhase::Success),
+                ("default/early".to_owned(), BindPhase::Success)
+            ]
+        );
+        let mut specs: Vec<String> = std::fs::read_dir(&cdi)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        specs.sort();
+        assert_eq!(
+            specs,
+            [
+                "hami.io-vgpu_default_early_eval.json",
+                "hami.io-vgpu_default_early_train.json",
+                "hami.io-vgpu_default_late_c.json"
+            ]
+        );
+        // The monitor can tell whose region this is.
+        let owner =
+            std::fs::read_to_string(work.path().join("state/default_early_train/owner.json"))
+                .unwrap();
+        assert!(owner.contains("\"GPU-fake-1\""), "{owner}");
+
+        // kubelet restarts: a new socket, and the plugin's socket wiped.
+        kubelet_task.abort();
+        std::fs::remove_file(plugins.join(KUBELET_SOCKET)).unwrap();
+        std::fs::remove_file(plugins.join("hami-nvidia.sock")).unwrap();
+        let _again = start_kubelet(&plugins, seen);
+        let second = tokio::time::timeout(Duration::from_secs(10), registrations.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.resource_name, "nvidia.com/gpu");
+        assert!(
+            plugins.join("hami-nvidia.sock").exists(),
+            "the plugin serves again"
+        );
+        agent.abort();
+    });
 }
 
 /// An agent restarted after the first container of a pod was allocated
@@ -279,74 +274,67 @@ fn register_list_allocate_and_register_again_after_a_kubelet_restart() {
 /// (a new UID) is a new pod.
 #[test]
 fn a_restarted_plugin_remembers_what_it_allocated() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let work = tempfile::tempdir().unwrap();
-            let sockets = work.path().join("sockets");
-            std::fs::create_dir_all(&sockets).unwrap();
-            let writer = common::mock_writer(work.path());
-            let pods = Pods::default();
-            *pods.pending.lock().unwrap() = vec![pod(
-                "train",
-                100,
-                vec![vec![dev("GPU-fake-0", 1000)], vec![dev("GPU-fake-1", 1000)]],
-                &["a", "b"],
-            )];
-            let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
-            let serve = |name: &str| {
-                let plugin = Arc::new(Plugin {
-                    devices: rx.clone(),
-                    pods: Arc::new(pods.clone()),
-                    writer: writer.clone(),
-                    cdi: true,
-                    taken: Mutex::new(HashMap::new()),
-                });
-                kubelet::serve(plugin, &sockets, name).unwrap()
-            };
-            let one = AllocateRequest {
-                container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: vec!["x".into()],
-                }],
-            };
-            let _first = serve("first.sock");
-            let mut c = DevicePluginClient::new(
-                kubelet::connect(&sockets.join("first.sock")).await.unwrap(),
-            );
-            let r = c.allocate(one.clone()).await.unwrap().into_inner();
-            assert_eq!(
-                r.container_responses[0].cdi_devices[0].name,
-                "hami.io/vgpu=default_train_a"
-            );
-            // Restart: a fresh plugin with nothing in memory.
-            let _second = serve("second.sock");
-            let mut c = DevicePluginClient::new(
-                kubelet::connect(&sockets.join("second.sock"))
-                    .await
-                    .unwrap(),
-            );
-            let r = c.allocate(one.clone()).await.unwrap().into_inner();
-            assert_eq!(
-                r.container_responses[0].cdi_devices[0].name, "hami.io/vgpu=default_train_b",
-                "slot a was done before the restart"
-            );
-            assert_eq!(
-                *pods.phases.lock().unwrap(),
-                [("default/train".to_owned(), BindPhase::Success)]
-            );
-            // The pod is deleted and re-created with the same name.
-            pods.pending.lock().unwrap()[0].uid = "uid-train-2".into();
-            let _third = serve("third.sock");
-            let mut c = DevicePluginClient::new(
-                kubelet::connect(&sockets.join("third.sock")).await.unwrap(),
-            );
-            let r = c.allocate(one).await.unwrap().into_inner();
-            assert_eq!(
-                r.container_responses[0].cdi_devices[0].name,
-                "hami.io/vgpu=default_train_a"
-            );
-        });
+    common::runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let sockets = work.path().join("sockets");
+        std::fs::create_dir_all(&sockets).unwrap();
+        let writer = common::mock_writer(work.path());
+        let pods = Pods::default();
+        *pods.pending.lock().unwrap() = vec![pod(
+            "train",
+            100,
+            vec![vec![dev("GPU-fake-0", 1000)], vec![dev("GPU-fake-1", 1000)]],
+            &["a", "b"],
+        )];
+        let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let serve = |name: &str| {
+            let plugin = Arc::new(Plugin {
+                devices: rx.clone(),
+                pods: Arc::new(pods.clone()),
+                writer: writer.clone(),
+                cdi: true,
+                taken: Mutex::new(HashMap::new()),
+            });
+            kubelet::serve(plugin, &sockets, name).unwrap()
+        };
+        let one = AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["x".into()],
+            }],
+        };
+        let _first = serve("first.sock");
+        let mut c =
+            DevicePluginClient::new(kubelet::connect(&sockets.join("first.sock")).await.unwrap());
+        let r = c.allocate(one.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            r.container_responses[0].cdi_devices[0].name,
+            "hami.io/vgpu=default_train_a"
+        );
+        // Restart: a fresh plugin with nothing in memory.
+        let _second = serve("second.sock");
+        let mut c = DevicePluginClient::new(
+            kubelet::connect(&sockets.join("second.sock"))
+                .await
+                .unwrap(),
+        );
+        let r = c.allocate(one.clone()).await.unwrap().into_inner();
+        assert_eq!(
+            r.container_responses[0].cdi_devices[0].name, "hami.io/vgpu=default_train_b",
+            "slot a was done before the restart"
+        );
+        assert_eq!(
+            *pods.phases.lock().unwrap(),
+            [("default/train".to_owned(), BindPhase::Success)]
+        );
+        // The pod is deleted and re-created with the same name.
+        pods.pending.lock().unwrap()[0].uid = "uid-train-2".into();
+        let _third = serve("third.sock");
+        let mut c =
+            DevicePluginClient::new(kubelet::connect(&sockets.join("third.sock")).await.unwrap());
+        let r = c.allocate(one).await.unwrap().into_inner();
+        assert_eq!(
+            r.container_responses[0].cdi_devices[0].name,
+            "hami.io/vgpu=default_train_a"
+        );
+    });
 }

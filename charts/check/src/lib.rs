@@ -162,6 +162,39 @@ pub fn documents(rendered: &[Rendered]) -> Result<Vec<(String, Value)>, RenderEr
     Ok(docs)
 }
 
+/// The `args` of container `container` in the first `kind` object the chart
+/// renders for `overrides` (release `hami` in `hami-system`): what the
+/// binaries' own tests hand to the real binary.
+pub fn container_args(
+    chart_dir: &Path,
+    overrides: &Value,
+    kind: &str,
+    container: &str,
+) -> Result<Vec<String>, RenderError> {
+    let docs = documents(&render(chart_dir, overrides, "hami", "hami-system")?)?;
+    let missing = |what: String| RenderError::Eval {
+        file: kind.to_owned(),
+        message: what,
+    };
+    let (_, object) = docs
+        .iter()
+        .find(|(_, d)| d["kind"] == kind)
+        .ok_or_else(|| missing(format!("no {kind} rendered")))?;
+    let c = object["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == container))
+        .ok_or_else(|| missing(format!("no container {container}")))?;
+    Ok(c["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

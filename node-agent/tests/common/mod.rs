@@ -1,6 +1,7 @@
-//! What the node agent's gRPC tests share: a spec writer over two mock
-//! 8 GiB GPUs (`GPU-fake-0`, `GPU-fake-1`), with state in `<work>/state` and
-//! specs in `<work>/cdi`.
+//! What the node agent's gRPC tests share: a runtime whose server tasks run
+//! beside the test's client, and a spec writer over two mock 8 GiB GPUs
+//! (`GPU-fake-0`, `GPU-fake-1`), with state in `<work>/state` and specs in
+//! `<work>/cdi`.
 
 #![allow(dead_code)]
 
@@ -38,4 +39,13 @@ pub fn mock_writer(work: &Path) -> Arc<SpecWriter> {
         },
         store: SpecStore::new(work.join("cdi")),
     })
+}
+
+/// Two workers: the gRPC servers the test spawns answer while it awaits.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }
