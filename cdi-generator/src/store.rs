@@ -9,6 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+
 use std::path::{Path, PathBuf};
 
 use hami_region::layout::Limits;
@@ -212,12 +213,33 @@ fn test_pause_before_rename() {
 /// library, and the shared region pre-created with the allocation's limits
 /// (the node side writes the limits; processes in the container map them read-only).
 pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let region_dir = layout.region_dir(&allocation.name);
-    fs::create_dir_all(&region_dir).map_err(io("create", &region_dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&region_dir)
+        .map_err(io("create", &region_dir))?;
     let lock_dir = layout.lock_dir();
-    fs::create_dir_all(&lock_dir).map_err(io("create", &lock_dir))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&lock_dir)
+        .map_err(io("create", &lock_dir))?;
+    // Processes of any uid in any container create their lock files here;
+    // sticky, so none can remove or replace another's.
+    fs::set_permissions(&lock_dir, fs::Permissions::from_mode(0o1777))
+        .map_err(io("chmod", &lock_dir))?;
     let preload = layout.preload_file(&allocation.name);
-    fs::write(&preload, format!("{LIBRARY_IN_CONTAINER}\n")).map_err(io("write", &preload))?;
+    let _ = fs::remove_file(&preload);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&preload)
+        .and_then(|mut f| f.write_all(format!("{LIBRARY_IN_CONTAINER}\n").as_bytes()))
+        .map_err(io("write", &preload))?;
     let mut limits = Limits::unlimited();
     // The spec also sets CUDA_DEVICE_SM_LIMIT, which applies to every device
     // without its own _<i>: mirror that, so region and environment agree.
@@ -243,6 +265,10 @@ pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), Sto
         name: allocation.name.clone(),
         source,
     })?;
+    // Usage is written by the container's processes, whatever their uid; the
+    // limits they must not change are checked against the read-only limits.
+    fs::set_permissions(&region, fs::Permissions::from_mode(0o666))
+        .map_err(io("chmod", &region))?;
     Ok(())
 }
 

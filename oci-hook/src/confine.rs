@@ -289,27 +289,47 @@ impl RootFs {
     /// The contents of a regular file at `inside`, or `None` when there is
     /// none; a symlink at the final name counts as none (it will be replaced).
     pub fn read_file(&self, inside: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
         let (dir, name) = self.parent_and_name(inside)?;
-        match entry_at(&dir, &name)? {
-            Entry::Missing | Entry::Symlink => Ok(None),
-            Entry::File => {
-                use std::io::Read;
-                let file = std::fs::File::from(open_at_nofollow(&dir, &name, libc::O_RDONLY)?);
-                let mut buf = Vec::new();
-                file.take(limit as u64 + 1).read_to_end(&mut buf)?;
-                if buf.len() > limit {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: larger than {limit} bytes", inside.display()),
-                    ));
-                }
-                Ok(Some(buf))
-            }
-            other => Err(io::Error::new(
+        // Opened first and checked on the descriptor, so the image cannot
+        // swap the name between a check and the open; O_NONBLOCK and
+        // O_NOCTTY keep a FIFO or a terminal planted there from blocking or
+        // adopting the hook.
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let fd = match open_at_nofollow(&dir, &name, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            // A symlink at the final name will be replaced, not followed.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let file = std::fs::File::from(fd);
+        let kind = file.metadata()?.file_type();
+        if !kind.is_file() {
+            let found = if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_char_device() || kind.is_block_device() {
+                "a device"
+            } else {
+                "not a regular file"
+            };
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{}: expected a file, found {other:?}", inside.display()),
-            )),
+                format!("{}: expected a file, found {found}", inside.display()),
+            ));
         }
+        let mut buf = Vec::new();
+        file.take(limit as u64 + 1).read_to_end(&mut buf)?;
+        if buf.len() > limit {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: larger than {limit} bytes", inside.display()),
+            ));
+        }
+        Ok(Some(buf))
     }
 
     /// A regular file at `inside` to mount onto: an existing file is kept, a
@@ -364,7 +384,7 @@ impl RootFs {
 
     /// A device node at `inside` with the host's type and number; whatever
     /// else is at the name (a planted symlink, a file) is replaced. mknod
-    /// honours the umask: the hook clears it at start so `perm` is exact.
+    /// honours the umask, which is lifted for the call so `perm` is exact.
     pub fn make_device(
         &self,
         inside: &Path,
@@ -384,8 +404,16 @@ impl RootFs {
             }
             _ => unlink_at(&dir, &name)?,
         }
-        // SAFETY: mknodat of a single name in a resolved directory.
-        if unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, rdev) } != 0 {
+        // The node gets the host node's permissions exactly: the hook's umask
+        // (022) is lifted for this one call. The hook is single-threaded.
+        // SAFETY: umask and mknodat of a single name in a resolved directory.
+        let rc = unsafe {
+            let old = libc::umask(0);
+            let rc = libc::mknodat(dir.as_raw_fd(), name.as_ptr(), kind | perm, rdev);
+            libc::umask(old);
+            rc
+        };
+        if rc != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -520,6 +548,30 @@ mod tests {
         symlink(&s.host, s.rootfs.join("usr/local")).unwrap();
         let _ = attempt(&s, "/usr/local/vgpu/ld.so.preload");
         assert!(!s.host.join("vgpu").exists());
+    }
+
+    #[test]
+    fn read_file_takes_only_regular_files_without_blocking() {
+        let s = scene();
+        let root = RootFs::open(&s.rootfs).unwrap();
+        std::fs::create_dir(s.rootfs.join("etc")).unwrap();
+        let preload = s.rootfs.join("etc/ld.so.preload");
+        let read = || root.read_file(Path::new("/etc/ld.so.preload"), 64);
+        assert_eq!(read().unwrap(), None);
+        std::fs::write(&preload, "a.so\n").unwrap();
+        assert_eq!(read().unwrap().unwrap(), b"a.so\n");
+        std::fs::remove_file(&preload).unwrap();
+        // A FIFO would block a plain open for ever (no writer ever comes).
+        let c = CString::new(preload.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = read().unwrap_err().to_string();
+        assert!(err.contains("FIFO"), "{err}");
+        std::fs::remove_file(&preload).unwrap();
+        symlink("/dev/zero", &preload).unwrap();
+        assert_eq!(read().unwrap(), None, "a symlink is never followed");
+        std::fs::remove_file(&preload).unwrap();
+        std::fs::write(&preload, vec![b'x'; 65]).unwrap();
+        assert!(read().unwrap_err().to_string().contains("larger than 64"));
     }
 
     #[test]

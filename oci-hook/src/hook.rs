@@ -129,6 +129,10 @@ pub fn run(stage: Stage, cfg: &HookConfig, state: &State) -> Result<Outcome, Hoo
     let annotations = annotations(state, &config);
     let name = allocation_name(&state.id)?;
     let layout = layout(cfg);
+    if request::is_requested(&annotations) {
+        crate::trusted::ensure_dir(&cfg.state_dir)
+            .map_err(io_error("the hook's state directory"))?;
+    }
     if stage == Stage::Poststop {
         if !request::is_requested(&annotations) {
             return Ok(Outcome::NotRequested);
@@ -159,9 +163,10 @@ pub fn run(stage: Stage, cfg: &HookConfig, state: &State) -> Result<Outcome, Hoo
     let limits = limits_file_text(&plan)?;
     let injection = injection_plan(&plan, &layout, &name);
     store::prepare_state(&allocation, &layout)?;
-    let result = std::fs::write(layout.allocation_dir(&name).join(LIMITS_FILE), limits)
+    let kubernetes = request::is_kubernetes(&annotations);
+    let result = write_limits_file(&layout.allocation_dir(&name).join(LIMITS_FILE), &limits)
         .map_err(io_error("writing the limits file"))
-        .and_then(|()| inject_into(stage, cfg, state, &config, &injection));
+        .and_then(|()| inject_into(stage, cfg, state, &config, &injection, kubernetes));
     match result {
         Ok(done) => Ok(Outcome::Injected { name, done }),
         Err(e) => {
@@ -222,6 +227,7 @@ fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan
                 writable: false,
                 executable: true,
             },
+            follow_source_symlinks: true,
         },
         MountPlan {
             source: layout.allocation_dir(name).join(LIMITS_FILE),
@@ -230,14 +236,22 @@ fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan
                 writable: false,
                 executable: false,
             },
+            follow_source_symlinks: false,
         },
     ];
-    for m in RegionMount
+    // The region and lock directories are the hook's own state (never a
+    // symlink); the vendor's driver files are the node's installation.
+    let region = RegionMount
         .edits(plan)
         .mounts
         .into_iter()
-        .chain(VendorExtras.edits(plan).mounts)
-    {
+        .map(|m| (m, false));
+    let vendor = VendorExtras
+        .edits(plan)
+        .mounts
+        .into_iter()
+        .map(|m| (m, true));
+    for (m, follow) in region.chain(vendor) {
         mounts.push(MountPlan {
             source: PathBuf::from(&m.host_path),
             target: m.container_path.clone(),
@@ -245,6 +259,7 @@ fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan
                 writable: !m.options.iter().any(|o| o == "ro"),
                 executable: false,
             },
+            follow_source_symlinks: follow,
         });
     }
     let devices = DeviceNodes
@@ -261,6 +276,89 @@ fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan
         devices,
         preload: LIBRARY_IN_CONTAINER.to_owned(),
     }
+}
+
+/// The rootfs the hook will write into, refused where writing "into the
+/// container" would write the host: a relative `root.path` must stay inside
+/// the bundle; any rootfs must not be `/` nor contain the hook's own host
+/// paths (state, library, devices, cgroups). An absolute path elsewhere is
+/// what podman and CRI-O give (their storage), so it is accepted.
+fn checked_rootfs(config: &Config, bundle: &Path, cfg: &HookConfig) -> Result<PathBuf, HookError> {
+    use std::path::Component;
+    let refuse = |why: String| {
+        Err(HookError::Namespace(format!(
+            "root.path {}: {why}",
+            config.root.path.display()
+        )))
+    };
+    if config
+        .root
+        .path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return refuse("\"..\" is not allowed in a container's rootfs path".into());
+    }
+    let path = config.rootfs(bundle);
+    let real = std::fs::canonicalize(&path)
+        .map_err(io_error(format!("container rootfs {}", path.display())))?;
+    if !config.root.path.is_absolute() {
+        let real_bundle = std::fs::canonicalize(bundle)
+            .map_err(io_error(format!("bundle {}", bundle.display())))?;
+        if !real.starts_with(&real_bundle) || real == real_bundle {
+            return refuse(format!(
+                "resolves to {}, outside the bundle {}",
+                real.display(),
+                real_bundle.display()
+            ));
+        }
+    }
+    if real == Path::new("/") {
+        return refuse("is the host's root".into());
+    }
+    for own in [&cfg.state_dir, &cfg.library, &cfg.dev, &cfg.cgroup_root] {
+        let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.clone());
+        if own.starts_with(&real) {
+            return refuse(format!(
+                "resolves to {}, which holds the host's {}",
+                real.display(),
+                own.display()
+            ));
+        }
+    }
+    Ok(path)
+}
+
+/// Every device of the allocation must already be in the runtime spec.
+fn check_granted(devices: &[inject::PreparedDevice], config: &Config) -> Result<(), HookError> {
+    for d in devices {
+        let (major, minor) = (libc::major(d.rdev), libc::minor(d.rdev));
+        if !config.grants_device(d.kind, u64::from(major), u64::from(minor)) {
+            return Err(HookError::Device(format!(
+                "the allocation names {} ({major}:{minor}), which the runtime did not give this \
+                 container; on Kubernetes devices come from the device plugin, and the hook \
+                 adds none",
+                d.target
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The limits file, 0644 and never through a symlink: only root on the node
+/// may change a container's quota.
+fn write_limits_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 /// Finds the rootfs in the current mount namespace: at its bundle path
@@ -285,8 +383,9 @@ fn inject_into(
     state: &State,
     config: &Config,
     plan: &Plan,
+    kubernetes: bool,
 ) -> Result<Vec<String>, HookError> {
-    let rootfs_path = config.rootfs(&state.bundle);
+    let rootfs_path = checked_rootfs(config, &state.bundle, cfg)?;
     let expected = RootFs::open(&rootfs_path)
         .and_then(|r| identity(r.handle()))
         .map_err(io_error(format!(
@@ -307,7 +406,17 @@ fn inject_into(
                 .into(),
         ));
     }
-    let prepared = inject::prepare(plan)?;
+    let mut prepared = inject::prepare(plan)?;
+    if kubernetes {
+        // On Kubernetes the device plugin decides which devices a container
+        // may open; annotations, which a pod author can write, never add one.
+        check_granted(&prepared.devices, config)?;
+        let granted = prepared.devices.len();
+        prepared.devices.clear();
+        if granted > 0 {
+            tracing::debug!("{granted} device nodes already granted by the runtime");
+        }
+    }
     // The State's pid is in the runtime's pid namespace. A createContainer hook
     // runs inside the container, where that number can name another process
     // (runc reports the init as seen from inside: 1); it is already in the
@@ -358,6 +467,45 @@ mod tests {
         for bad in ["", "../x", "a/b", "a b", "a\nb"] {
             assert!(allocation_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn rootfs_paths_that_are_the_host_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir_all(bundle.join("rootfs")).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink("/", bundle.join("hostroot")).unwrap();
+        let cfg = HookConfig {
+            vendor: "mock".into(),
+            inventory: None,
+            dev: "/dev".into(),
+            library: "/usr/local/vgpu/libhami_core.so".into(),
+            state_dir: dir.path().join("state"),
+            cgroup_root: "/sys/fs/cgroup".into(),
+        };
+        let config = |root: &str| -> Config {
+            serde_json::from_value(serde_json::json!({"root": {"path": root}})).unwrap()
+        };
+        let check =
+            |root: &str| checked_rootfs(&config(root), &bundle, &cfg).map_err(|e| e.to_string());
+        assert_eq!(check("rootfs").unwrap(), bundle.join("rootfs"));
+        // podman and CRI-O give an absolute path into their storage.
+        let elsewhere = dir.path().join("elsewhere");
+        assert!(check(elsewhere.to_str().unwrap()).is_ok());
+        for (root, why) in [
+            ("/", "host's root"),
+            ("../elsewhere", "\"..\""),
+            ("hostroot", "outside the bundle"),
+            (".", "outside the bundle"),
+            ("/usr", "holds the host's"),
+        ] {
+            let err = check(root).unwrap_err();
+            assert!(err.contains(why), "{root}: {err}");
+        }
+        // A rootfs that holds the hook's state directory.
+        let err = check(dir.path().to_str().unwrap()).unwrap_err();
+        assert!(err.contains("holds the host's"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct MountPlan {
     pub source: PathBuf,
     pub target: String,
     pub flags: MountFlags,
+    /// False for the hook's own state: a symlink there was planted, not configured.
+    pub follow_source_symlinks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +75,12 @@ pub struct Prepared {
 pub fn prepare(plan: &Plan) -> Result<Prepared, InjectError> {
     let mut mounts = Vec::new();
     for m in &plan.mounts {
-        let tree =
-            DetachedMount::clone_of(&m.source, m.flags).map_err(|error| InjectError::Source {
+        let tree = DetachedMount::clone_of(&m.source, m.flags, m.follow_source_symlinks).map_err(
+            |error| InjectError::Source {
                 source_path: m.source.clone(),
                 error,
-            })?;
+            },
+        )?;
         mounts.push((m.clone(), tree));
     }
     let mut devices = Vec::new();
@@ -108,20 +111,29 @@ pub fn prepare(plan: &Plan) -> Result<Prepared, InjectError> {
     })
 }
 
+/// The entries of a preload list exactly as glibc's loader reads it: split on
+/// the bytes space, tab, newline and colon, nothing else. Other "blanks"
+/// (`\r`, `\v`, `\f`, NBSP, U+3000) are part of a name, so a line that looks
+/// like ours but ends in `\r` names a file that does not exist and the loader
+/// preloads nothing.
+pub fn preload_entries(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|b| matches!(b, b' ' | b'\t' | b'\n' | b':'))
+        .filter(|e| !e.is_empty())
+}
+
 /// The preload list with `line` added once, keeping the image's entries.
 /// Ours goes first: the loader binds symbols in list order, so a library the
 /// image preloads before us (even libc itself) would otherwise take `dlsym`
 /// and the driver entry points, and the quota would silently not apply.
 pub fn preload_with(existing: Option<&[u8]>, line: &str) -> Option<Vec<u8>> {
     let existing = existing.unwrap_or_default();
-    let text = String::from_utf8_lossy(existing);
-    // ld.so.preload separates entries by blanks as well as newlines.
-    if text.split_whitespace().next() == Some(line) {
+    let ours = line.as_bytes();
+    if preload_entries(existing).next() == Some(ours) {
         return None;
     }
     let mut out = format!("{line}\n").into_bytes();
-    for entry in text.split_whitespace().filter(|e| *e != line) {
-        out.extend_from_slice(entry.as_bytes());
+    for entry in preload_entries(existing).filter(|e| *e != ours) {
+        out.extend_from_slice(entry);
         out.push(b'\n');
     }
     Some(out)
@@ -144,6 +156,17 @@ impl Prepared {
                 root.mount_point_file(inside)
             }
             .map_err(target_error(&plan.target))?;
+            let shared = crate::mount::is_shared(&point).map_err(target_error(&plan.target))?;
+            if shared {
+                return Err(InjectError::Target {
+                    target: plan.target.clone(),
+                    error: io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "it is on a shared mount: a mount there would propagate out of the \
+                         container (a Bidirectional or rshared volume)",
+                    ),
+                });
+            }
             tree.attach(&point).map_err(target_error(&plan.target))?;
             done.push(format!(
                 "mounted {} at {} ({})",
@@ -175,7 +198,7 @@ impl Prepared {
                     self.preload,
                     existing
                         .as_deref()
-                        .map_or(0, |e| String::from_utf8_lossy(e).split_whitespace().count())
+                        .map_or(0, |e| preload_entries(e).count())
                 ));
             }
             None => done.push(format!(
@@ -211,5 +234,32 @@ mod tests {
             preload_with(Some(behind.as_bytes()), line).unwrap(),
             format!("{line}\na.so\n").into_bytes()
         );
+        // Colons separate entries too, as glibc reads them.
+        assert_eq!(
+            preload_with(Some(format!("{line}:b.so").as_bytes()), line),
+            None
+        );
+    }
+
+    /// Look-alikes that Unicode calls whitespace but glibc does not: each
+    /// must be seen as a different name, so ours is still put first.
+    #[test]
+    fn preload_lookalikes_do_not_count_as_ours() {
+        let line = "/usr/local/vgpu/libhami_core.so";
+        for lookalike in [
+            format!("{line}\r\n"),
+            format!("\r{line}\n"),
+            format!("{line}\x0b\n"),
+            format!("{line}\x0c\n"),
+            format!("{line}\u{a0}\n"),
+            format!("{line}\u{3000}\n"),
+        ] {
+            let merged = preload_with(Some(lookalike.as_bytes()), line)
+                .unwrap_or_else(|| panic!("{lookalike:?} was taken for ours"));
+            let first = preload_entries(&merged).next().unwrap();
+            assert_eq!(first, line.as_bytes(), "{lookalike:?}");
+            // The image's odd entry is kept, byte for byte, after ours.
+            assert_eq!(preload_entries(&merged).count(), 2, "{lookalike:?}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`hook`]: one invocation, from the State to an injected container;
 //! - [`inject`], [`mount`], [`confine`]: the injection, confined to the rootfs;
 //! - [`namespace`], [`cgroup`]: entering the container, allowing its devices;
+//! - [`trusted`]: the host directories the hook may write;
 //! - [`install`]: runtime configuration; [`fuzz`]: the fuzzing entry point.
 
 pub mod cgroup;
@@ -18,3 +19,4 @@ pub mod mount;
 pub mod namespace;
 pub mod request;
 pub mod state;
+pub mod trusted;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use hami_oci_hook::cli::HookArgs;
 use hami_oci_hook::hook::{self, Outcome, Stage};
-use hami_oci_hook::{install, request, state};
+use hami_oci_hook::{install, request, state, trusted};
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 
 #[derive(Parser)]
@@ -46,8 +46,9 @@ enum Command {
 /// The hook runs as root on the host with whatever the runtime handed it.
 /// Nothing from there is used: the environment (`LD_PRELOAD`, `PATH`, …) is
 /// dropped before anything else, the working directory (some runtimes start
-/// hooks inside the bundle) is left, and the umask is cleared so that created
-/// files and device nodes get exactly the modes the hook asks for.
+/// hooks inside the bundle) is left, and the umask is set to 022 whatever the
+/// runtime had: nothing the hook creates on the host is writable by others
+/// unless the hook sets that mode explicitly (the shared region).
 ///
 /// Returns the dynamic-loader variables that were set. The hook's own
 /// configuration never sets them, so they came from the container (a runtime
@@ -64,16 +65,29 @@ fn scrub_process() -> Vec<String> {
     }
     let _ = std::env::set_current_dir("/");
     // SAFETY: umask only changes this process's file-creation mask.
-    unsafe { libc::umask(0) };
+    unsafe { libc::umask(0o022) };
     loader_vars
 }
 
+/// The log goes to stderr always, and to `dir/oci-hook.log` when `dir` is
+/// root's alone: the file is opened without following a symlink (a node user
+/// could otherwise aim root's appends at any file) and created 0640.
 fn init_logging(dir: &std::path::Path) -> Option<String> {
-    let file = std::fs::create_dir_all(dir).and_then(|()| {
-        OpenOptions::new()
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = trusted::ensure_dir(dir).and_then(|()| {
+        let f = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("oci-hook.log"))
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(dir.join("oci-hook.log"))?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "oci-hook.log is not a regular file",
+            ));
+        }
+        Ok(f)
     });
     let builder = tracing_subscriber::fmt()
         .with_ansi(false)

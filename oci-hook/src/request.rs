@@ -26,7 +26,7 @@ pub enum RequestError {
 }
 
 /// A device by its place on the node or by UUID.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeviceRef {
     Index(u32),
     Uuid(String),
@@ -52,6 +52,24 @@ pub enum Decision {
 }
 
 const ALLOCATE_SUFFIX: &str = "-devices-to-allocate";
+
+/// More devices than any node has: a longer list is an attack on the hook's
+/// CPU time (each entry is checked against the others), not a request.
+pub const MAX_DEVICES_PER_CONTAINER: usize = 64;
+
+/// Whether a CRI runtime (containerd, CRI-O) created this container, i.e. a
+/// kubelet asked for it. Those runtimes always set these annotations and a pod
+/// author cannot remove them, so a pod cannot pass for a podman container.
+pub fn is_kubernetes(annotations: &BTreeMap<String, String>) -> bool {
+    [
+        keys::CRI_CONTAINER_TYPE,
+        keys::CRIO_CONTAINER_TYPE,
+        keys::CRI_CONTAINER_NAME,
+        keys::CRIO_CONTAINER_NAME,
+    ]
+    .iter()
+    .any(|k| annotations.contains_key(*k))
+}
 
 fn is_allocation_key(key: &str) -> bool {
     key == keys::VGPU_DEVICES_TO_ALLOCATE
@@ -109,7 +127,16 @@ pub fn decide(annotations: &BTreeMap<String, String>) -> Result<Decision, Reques
         .iter()
         .filter(|(k, _)| is_allocation_key(k))
         .collect();
-    let direct = DIRECT_KEYS.iter().any(|k| annotations.contains_key(*k));
+    // On Kubernetes only the scheduler grants devices: the direct form would
+    // let a pod author name any device and quota by hand.
+    let kubernetes = is_kubernetes(annotations);
+    let direct = !kubernetes && DIRECT_KEYS.iter().any(|k| annotations.contains_key(*k));
+    if kubernetes
+        && allocations.is_empty()
+        && get(keys::ASCEND_VNPU_MODE) != Some(keys::ASCEND_VNPU_MODE_HAMI_CORE)
+    {
+        return Ok(Decision::NotRequested);
+    }
     match (allocations.is_empty(), direct) {
         (false, true) => Err(RequestError::Inconsistent(format!(
             "both a scheduler allocation ({}) and direct quota annotations ({}) are set; use one",
@@ -294,8 +321,15 @@ fn parse_device_ref(text: &str) -> Result<DeviceRef, RequestError> {
 }
 
 fn check_distinct(requests: &[DeviceRequest]) -> Result<(), RequestError> {
-    for (i, r) in requests.iter().enumerate() {
-        if requests[..i].iter().any(|o| o.device == r.device) {
+    if requests.len() > MAX_DEVICES_PER_CONTAINER {
+        return Err(RequestError::Inconsistent(format!(
+            "{} devices requested for one container; at most {MAX_DEVICES_PER_CONTAINER} are accepted",
+            requests.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(requests.len());
+    for r in requests {
+        if !seen.insert(&r.device) {
             return Err(RequestError::Inconsistent(format!(
                 "device {:?} is requested twice",
                 r.device
@@ -342,6 +376,53 @@ mod tests {
             decide(&ann(&[("huawei.com/vnpu-mode", "template")])).unwrap(),
             Decision::NotRequested
         );
+    }
+
+    #[test]
+    fn kubernetes_containers_ignore_the_direct_form() {
+        // A pod author's hand-written quota and device list: podman-only.
+        for cri in [
+            "io.kubernetes.cri.container-type",
+            "io.kubernetes.cri-o.ContainerType",
+        ] {
+            let forged = ann(&[
+                (cri, "container"),
+                ("hami.io/devices", "0,1"),
+                ("hami.io/gpumem", "1g"),
+            ]);
+            assert_eq!(decide(&forged).unwrap(), Decision::NotRequested, "{cri}");
+            // hami-core mode still needs the scheduler's allocation: fail closed.
+            let mut mode = forged.clone();
+            mode.insert("huawei.com/vnpu-mode".into(), "hami-core".into());
+            let err = decide(&mode).unwrap_err().to_string();
+            assert!(err.contains("no quota is given"), "{err}");
+        }
+        // The same annotations under podman still work.
+        assert_eq!(inject(&[("hami.io/gpumem", "1g")]).len(), 1);
+    }
+
+    #[test]
+    fn long_device_lists_are_refused_quickly() {
+        let list: Vec<String> = (0..30_000).map(|i| i.to_string()).collect();
+        let err = decide(&ann(&[("hami.io/devices", &list.join(","))]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 64"), "{err}");
+        let slot: String = (0..30_000)
+            .map(|i| format!("GPU-{i},NVIDIA,1,0:"))
+            .collect();
+        let err = decide(&ann(&[(
+            "hami.io/vgpu-devices-to-allocate",
+            &format!("{slot};"),
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("at most 64"), "{err}");
+        let twice = inject(&[(
+            "hami.io/devices",
+            &(0..64).map(|i| i.to_string()).collect::<Vec<_>>().join(","),
+        )]);
+        assert_eq!(twice.len(), 64);
     }
 
     #[test]

@@ -67,6 +67,22 @@ pub struct Linux {
     pub namespaces: Vec<Namespace>,
     #[serde(default)]
     pub rootfs_propagation: Option<String>,
+    /// Device nodes the runtime creates (on Kubernetes: what the device plugin granted).
+    #[serde(default)]
+    pub devices: Vec<LinuxDevice>,
+}
+
+/// runtime-spec `linux.devices[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LinuxDevice {
+    #[serde(default)]
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub major: i64,
+    #[serde(default)]
+    pub minor: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -155,6 +171,21 @@ impl Config {
             .as_ref()
             .and_then(|l| l.rootfs_propagation.as_deref())
             .is_some_and(|p| matches!(p, "shared" | "rshared"))
+    }
+
+    /// Whether the runtime creates a node of this type (`libc::S_IFCHR` or
+    /// `S_IFBLK`) and number for the container.
+    pub fn grants_device(&self, kind: u32, major: u64, minor: u64) -> bool {
+        let want = if kind == libc::S_IFBLK { "b" } else { "c" };
+        self.linux.as_ref().is_some_and(|l| {
+            l.devices.iter().any(|d| {
+                // "u" is runtime-spec's other name for an unbuffered char device.
+                let same_type = d.kind == want || (want == "c" && d.kind == "u");
+                same_type
+                    && u64::try_from(d.major) == Ok(major)
+                    && u64::try_from(d.minor) == Ok(minor)
+            })
+        })
     }
 
     /// The rootfs on the host: `root.path`, relative to the bundle unless absolute.

@@ -16,7 +16,7 @@ use std::process::Command;
 use hami_testkit::containerd::Containerd;
 use hami_testkit::need::{require, Need};
 use serde_json::{json, Value};
-use support::{field, Scene, CHUNK, HOOK, PROBE};
+use support::{field, Scene, CHUNK, GPU_UUID, HOOK, PROBE};
 
 #[test]
 fn containerd_runs_the_hook_from_the_installed_base_spec() {
@@ -73,11 +73,17 @@ fn containerd_runs_the_hook_from_the_installed_base_spec() {
     spec["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     spec["root"]["path"] = json!(scene.rootfs.path());
     spec["linux"]["cgroupsPath"] = json!(containerd.cgroups().child(&id));
+    // As the CRI plugin would pass a scheduled pod: the scheduler's
+    // allocation, and the device the device plugin granted in the spec (on
+    // Kubernetes the hook adds no device of its own).
     spec["annotations"] = json!({
-        "hami.io/gpumem": "1g",
+        "hami.io/vgpu-devices-to-allocate": format!("{GPU_UUID},NVIDIA,1024,0:;"),
         "io.kubernetes.cri.container-name": "app",
         "io.kubernetes.cri.container-type": "container",
     });
+    spec["linux"]["devices"] = json!([
+        {"path": "/dev/nvidia0", "type": "c", "major": 1, "minor": 3, "fileMode": 438, "uid": 0, "gid": 0}
+    ]);
     let spec_path = scene.work.path().join("spec.json");
     std::fs::write(&spec_path, spec.to_string()).unwrap();
 

@@ -19,7 +19,7 @@ use hami_testkit::rootfs::Rootfs;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    CreateContainerRequest, Device, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
@@ -230,6 +230,14 @@ fn kubelet_style_pod_gets_its_allocation_through_containerd_cri() {
                             .into(),
                     ],
                     log_path: "app.log".into(),
+                    // What the device plugin's Allocate answers: the node of
+                    // the allocated device. The hook adds no device on
+                    // Kubernetes; it only checks this one is granted.
+                    devices: vec![Device {
+                        container_path: "/dev/nvidia0".into(),
+                        host_path: "/dev/null".into(),
+                        permissions: "rwm".into(),
+                    }],
                     ..Default::default()
                 }),
                 sandbox_config: Some(sandbox_config),
