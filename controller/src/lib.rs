@@ -17,6 +17,7 @@ pub mod kube_cluster;
 pub mod leader;
 pub mod metrics;
 pub mod node_lock;
+pub mod pending;
 pub mod schedule;
 pub mod server;
 pub mod simulate;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! hami-controller simulate --nodes openb_node_list_gpu_node.csv --pods openb_pod_list_default.csv …
-//! hami-controller serve [--listen 0.0.0.0:8888] [--dry-run] …
+//! hami-controller serve [--listen 127.0.0.1:8888] [--metrics-listen :9395] [--dry-run] …
 //! ```
 //!
 //! `serve` runs the extender's `/filter` and `/bind` (with `/metrics`,
@@ -20,7 +20,7 @@ use hami_controller::admission::mutate::WebhookConfig;
 use hami_controller::admission::tls::{server_config, TlsListener};
 use hami_controller::kube_cluster::{dra_support, KubeCluster};
 use hami_controller::leader::LeaderConfig;
-use hami_controller::server::{router, webhook_router, Settings};
+use hami_controller::server::{metrics_router, router, webhook_router, Settings};
 use hami_controller::simulate::openb::{read_nodes, read_pods};
 use hami_controller::simulate::{Policy, Simulation};
 
@@ -56,8 +56,14 @@ enum Command {
     },
     /// Serve the scheduler extender's /filter, /bind, /healthz and /readyz.
     Serve {
-        #[arg(long, default_value = "0.0.0.0:8888")]
+        /// The extender's /filter and /bind. Loopback: the kube-scheduler
+        /// that calls it runs in the same pod, and nobody else may bind pods.
+        #[arg(long, default_value = "127.0.0.1:8888", value_parser = parse_listen)]
         listen: std::net::SocketAddr,
+        /// /metrics, /healthz and /readyz (HAMi's scheduler.metricsBindAddress;
+        /// ":9395" means every address).
+        #[arg(long, alias = "metrics-bind-address", default_value = ":9395", value_parser = parse_listen)]
+        metrics_listen: std::net::SocketAddr,
         /// Larger request bodies get 413.
         #[arg(long, default_value_t = 1 << 20)]
         body_limit: usize,
@@ -92,7 +98,7 @@ enum Command {
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
         /// The admission webhook's HTTPS address (served with --tls-cert and --tls-key).
-        #[arg(long, default_value = "0.0.0.0:9443")]
+        #[arg(long, default_value = "0.0.0.0:9443", value_parser = parse_listen)]
         webhook_listen: std::net::SocketAddr,
         /// PEM certificate chain for the webhook; reloaded when the file changes.
         #[arg(long, requires = "tls_key")]
@@ -175,6 +181,16 @@ fn simulate(
     Ok(())
 }
 
+/// `host:port`, or Go's `:port` for every address.
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse()
+        .map_err(|e| format!("{text:?} is not an address (host:port or :port): {e}"))
+}
+
 struct Webhook {
     listen: std::net::SocketAddr,
     cert: PathBuf,
@@ -186,6 +202,7 @@ struct Webhook {
 
 async fn serve(
     listen: std::net::SocketAddr,
+    metrics_listen: std::net::SocketAddr,
     mut settings: Settings,
     election: Option<Election>,
     webhook: Option<Webhook>,
@@ -230,9 +247,22 @@ async fn serve(
     } else {
         tracing::warn!("no --tls-cert/--tls-key: the admission webhook is not served");
     }
+    let metrics = tokio::net::TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("listening on {metrics_listen}"))?;
+    let metrics_app = metrics_router(cluster.clone(), settings.clone());
+    tracing::info!(listen = %metrics_listen, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(metrics, metrics_app).await {
+            tracing::error!("metrics server: {e}");
+        }
+    });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the extender listens beyond loopback: anyone who reaches it can ask for pods to be filtered; binds are still only for this controller's own decisions");
+    }
     tracing::info!(%listen, dry_run = settings.dry_run, "serving the scheduler extender");
     axum::serve(listener, router(cluster, settings))
         .await
@@ -249,6 +279,7 @@ fn main() -> Result<()> {
         } => simulate(&nodes, &pods, first_seed..=last_seed),
         Command::Serve {
             listen,
+            metrics_listen,
             body_limit,
             node_policy,
             gpu_policy,
@@ -313,7 +344,7 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(listen, settings, election, webhook))
+                .block_on(serve(listen, metrics_listen, settings, election, webhook))
         }
     }
 }

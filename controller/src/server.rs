@@ -1,5 +1,5 @@
-//! The extender's HTTP face: `POST /filter`, `POST /bind`, `/metrics`,
-//! `/healthz`, `/readyz`.
+//! The extender's HTTP face: `POST /filter`, `POST /bind` (on loopback),
+//! and, on their own address, `/metrics`, `/healthz`, `/readyz`.
 //!
 //! The cluster behind it is a trait: the production implementation watches
 //! the API server (reflectors) and patches pods; tests give an in-memory one
@@ -24,6 +24,7 @@ use crate::admission::review::{self, AdmissionResponse, AdmissionReview};
 use crate::extender::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
 };
+use crate::pending::PendingDecisions;
 use crate::schedule::device::Node;
 use crate::schedule::filter::{filter, Placing};
 use crate::schedule::fit::PodFit;
@@ -79,6 +80,9 @@ pub struct Settings {
     /// election is off (a single replica). A replica that is not the leader
     /// answers `/filter` and `/bind` with 503 and is not ready.
     pub leader: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// What `/filter` decided, for `/bind` to check; shared by every router
+    /// built from these settings.
+    pub decisions: Arc<PendingDecisions>,
 }
 
 impl Default for Settings {
@@ -91,6 +95,7 @@ impl Default for Settings {
             dry_run: false,
             request_timeout: std::time::Duration::from_secs(10),
             leader: None,
+            decisions: Arc::new(PendingDecisions::default()),
         }
     }
 }
@@ -122,8 +127,19 @@ pub fn router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
         .merge(decisions)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+/// `/metrics`, `/healthz` and `/readyz`, served on their own address: the
+/// extender's port listens on loopback for the kube-scheduler beside it,
+/// while Prometheus and the kubelet's probes come from outside the pod.
+pub fn metrics_router(cluster: Arc<dyn Cluster>, settings: Settings) -> Router {
+    let app = Arc::new(App { cluster, settings });
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(app)
 }
 
@@ -182,9 +198,18 @@ async fn bind_handler(
     if app.settings.dry_run {
         return reply(StatusCode::OK, "dry run: not binding".into());
     }
+    let (uid, node) = (args.pod_uid.clone(), args.node.clone());
+    if let Err(refused) = app.settings.decisions.take(&uid, &node) {
+        tracing::warn!(pod = %args.pod_name, namespace = %args.pod_namespace, "{refused}");
+        return reply(StatusCode::OK, refused.to_string());
+    }
     match app.cluster.bind(args).await {
         Ok(()) => reply(StatusCode::OK, String::new()),
-        Err(e) => reply(StatusCode::OK, e),
+        Err(e) => {
+            // The scheduler retries a failed bind with the same decision.
+            app.settings.decisions.restore(&uid, &node);
+            reply(StatusCode::OK, e)
+        }
     }
 }
 
@@ -245,8 +270,16 @@ async fn filter_handler(
     let candidates = args.candidate_names();
     let (vendor, request) = match pod_request_any(&args.pod, &app.settings.profiles) {
         Ok(Some(r)) => r,
-        // Not ours: every candidate passes untouched.
-        Ok(None) => return Json(reply(&args, &candidates, BTreeMap::new())).into_response(),
+        // Not ours: every candidate passes untouched, and may be bound to.
+        Ok(None) => {
+            if !app.settings.dry_run {
+                let uid = args.pod.metadata.uid.as_deref().unwrap_or_default();
+                app.settings
+                    .decisions
+                    .record(uid, candidates.iter().cloned());
+            }
+            return Json(reply(&args, &candidates, BTreeMap::new())).into_response();
+        }
         Err(e) => return error(StatusCode::OK, e.to_string()),
     };
     let profile = &app.settings.profiles[usize::from(vendor)];
@@ -348,6 +381,8 @@ async fn filter_handler(
                 format!("writing the decision to the pod: {e}"),
             );
         }
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        app.settings.decisions.record(uid, [node_name.clone()]);
     }
     Json(reply(&args, &[node_name], failed)).into_response()
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{cluster_of, FakeCluster};
-use hami_controller::server::{router, Settings};
+use hami_controller::server::{metrics_router, router, Settings};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -304,8 +304,21 @@ fn bind_takes_the_captured_body_and_reports_errors_in_json() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/fixtures/k8s/sample-extender-binding-args.json");
         let body = std::fs::read(path).unwrap();
+        // The captured bind is for the captured pod (ext-1) on fake-node-2:
+        // spread sends it there, the emptier node.
+        let settings = Settings {
+            node_policy: hami_api::NodeSchedulerPolicy::Spread,
+            ..Settings::default()
+        };
         let c = cluster(true, false);
-        let (status, reply) = post_to("/bind", c.clone(), Settings::default(), body.clone()).await;
+        let (_, filtered) = post(
+            c.clone(),
+            settings.clone(),
+            gpu_args().to_string().into_bytes(),
+        )
+        .await;
+        assert_eq!(node_names(&filtered), ["fake-node-2"], "{filtered}");
+        let (status, reply) = post_to("/bind", c.clone(), settings.clone(), body.clone()).await;
         assert_eq!(
             (status, reply.clone()),
             (StatusCode::OK, json!({"Error": ""}))
@@ -316,18 +329,34 @@ fn bind_takes_the_captured_body_and_reports_errors_in_json() {
             (binds[0].pod_name.as_str(), binds[0].node.as_str()),
             ("ext-1", "fake-node-2")
         );
-
-        let (_, reply) = post_to(
-            "/bind",
-            cluster(true, true),
-            Settings::default(),
-            body.clone(),
-        )
-        .await;
+        // A decision binds once.
+        let (_, reply) = post_to("/bind", c.clone(), settings.clone(), body.clone()).await;
         assert!(
-            reply["Error"].as_str().unwrap().contains("node lock"),
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("no scheduling decision"),
             "{reply}"
         );
+
+        // A failed bind keeps the decision for the scheduler's retry.
+        let failing = cluster(true, true);
+        let settings = Settings {
+            node_policy: hami_api::NodeSchedulerPolicy::Spread,
+            ..Settings::default()
+        };
+        settings.decisions.record(
+            "5a53271d-20c3-4b39-b421-64490ff91216",
+            ["fake-node-2".to_owned()],
+        );
+        for _ in 0..2 {
+            let (_, reply) =
+                post_to("/bind", failing.clone(), settings.clone(), body.clone()).await;
+            assert!(
+                reply["Error"].as_str().unwrap().contains("node lock"),
+                "{reply}"
+            );
+        }
 
         let (status, reply) = post_to(
             "/bind",
@@ -359,10 +388,89 @@ fn bind_takes_the_captured_body_and_reports_errors_in_json() {
     });
 }
 
+/// Anyone who could reach the extender could bind any pending pod to any
+/// node: a bind is carried out only for this controller's own decision.
+#[test]
+fn bind_refuses_what_this_controller_did_not_decide() {
+    runtime().block_on(async {
+        let c = cluster(true, false);
+        let settings = Settings::default();
+        let bind = |uid: &str, node: &str| {
+            json!({"PodName": "victim", "PodNamespace": "team-b", "PodUID": uid, "Node": node})
+                .to_string()
+                .into_bytes()
+        };
+        // Never filtered: refused.
+        let (_, reply) = post_to(
+            "/bind",
+            c.clone(),
+            settings.clone(),
+            bind("victim-uid", "fake-node-1"),
+        )
+        .await;
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("no scheduling decision"),
+            "{reply}"
+        );
+        // Filtered onto one node, asked onto the other: refused.
+        let (_, filtered) = post(
+            c.clone(),
+            settings.clone(),
+            gpu_args().to_string().into_bytes(),
+        )
+        .await;
+        let chosen = node_names(&filtered).remove(0);
+        let other = if chosen == "fake-node-1" {
+            "fake-node-2"
+        } else {
+            "fake-node-1"
+        };
+        let uid = "5a53271d-20c3-4b39-b421-64490ff91216";
+        let (_, reply) = post_to("/bind", c.clone(), settings.clone(), bind(uid, other)).await;
+        let error = reply["Error"].as_str().unwrap();
+        assert!(error.contains(&format!("chose {chosen}")), "{reply}");
+        assert!(c.binds.lock().unwrap().is_empty(), "nothing was bound");
+        // The decision itself still binds.
+        let (_, reply) = post_to("/bind", c.clone(), settings.clone(), bind(uid, &chosen)).await;
+        assert_eq!(reply, json!({"Error": ""}));
+        // A pod passed through untouched may be bound to a node it was passed.
+        let mut plain = fixture();
+        plain["Pod"]["metadata"]["uid"] = json!("plain-uid");
+        let (_, passed) = post(c.clone(), settings.clone(), plain.to_string().into_bytes()).await;
+        let passed = node_names(&passed);
+        assert!(passed.len() > 1, "{passed:?}");
+        let (_, reply) = post_to(
+            "/bind",
+            c.clone(),
+            settings.clone(),
+            bind("plain-uid", &passed[1]),
+        )
+        .await;
+        assert_eq!(reply, json!({"Error": ""}));
+        let (_, reply) = post_to(
+            "/bind",
+            c.clone(),
+            settings.clone(),
+            bind("plain-uid", "elsewhere"),
+        )
+        .await;
+        assert!(
+            reply["Error"]
+                .as_str()
+                .unwrap()
+                .contains("no scheduling decision"),
+            "{reply}"
+        );
+    });
+}
+
 #[test]
 fn metrics_show_the_busy_device_under_hami_names() {
     runtime().block_on(async {
-        let app = router(cluster(true, false), Settings::default());
+        let app = metrics_router(cluster(true, false), Settings::default());
         let res = app
             .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
             .await

@@ -13,6 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde_json::{json, Value};
 
@@ -169,6 +170,7 @@ fn every_value_set_renders_to_valid_objects() {
                     round_trip::<MutatingWebhookConfiguration>(file, d)
                 }
                 "Job" => round_trip::<Job>(file, d),
+                "NetworkPolicy" => round_trip::<NetworkPolicy>(file, d),
                 // Not in k8s-openapi's 1.33 types: checked where they matter.
                 "DeviceClass" | "ServiceMonitor" | "Issuer" | "Certificate" => {}
                 other => panic!("{set}: {file}: unexpected kind {other}"),
@@ -212,12 +214,57 @@ fn check_scheduler(set: &str, values: &Value, docs: &[(String, Value)]) {
         values["schedulerName"].as_str(),
         "{set}"
     );
-    let listen_port = flag(&a, "listen")
+    let listen = flag(&a, "listen").unwrap();
+    // /filter and /bind bind pods: only the kube-scheduler beside them may call.
+    assert!(listen.starts_with("127.0.0.1:"), "{set}: --listen={listen}");
+    let listen_port = listen.rsplit(':').next().unwrap().to_owned();
+    let metrics_port = flag(&a, "metrics-listen")
         .unwrap()
         .rsplit(':')
         .next()
         .unwrap()
         .to_owned();
+    assert_ne!(metrics_port, listen_port, "{set}");
+    // Nothing outside the pod reaches the extender's port: not the Service,
+    // not the NetworkPolicy, not a declared container port.
+    let declared: Vec<String> = controller["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].to_string())
+        .collect();
+    assert!(!declared.contains(&listen_port), "{set}: {declared:?}");
+    let service = find(docs, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["labels"]["app.kubernetes.io/component"] == "scheduler")
+        .unwrap();
+    for p in service["spec"]["ports"].as_array().unwrap() {
+        let target = p["targetPort"].as_str().unwrap();
+        let port = controller["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == target)
+            .unwrap_or_else(|| panic!("{set}: Service targets unknown port {target}"));
+        assert_ne!(port["containerPort"].to_string(), listen_port, "{set}");
+    }
+    if values["networkPolicy"]["enabled"] == true {
+        let policy = one(docs, "NetworkPolicy");
+        let open: Vec<String> = policy["spec"]["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["ports"].as_array().unwrap().iter())
+            .map(|p| p["port"].to_string())
+            .collect();
+        assert!(open.contains(&metrics_port), "{set}: {open:?}");
+        assert!(!open.contains(&listen_port), "{set}: {open:?}");
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"],
+            "{set}"
+        );
+    }
     let with_scheduler = values["scheduler"]["kubeScheduler"]["enabled"] == true;
     let kube_scheduler = spec["containers"]
         .as_array()
