@@ -18,6 +18,38 @@ pub const BIND_PHASE: &str = "hami.io/bind-phase";
 /// Unix time (seconds) at which `/bind` started.
 pub const BIND_TIME: &str = "hami.io/bind-time";
 
+/// hami-rs extension: the controller's HMAC over the decision (pod UID,
+/// node, allocation), checked by the node agent and by the controller's own
+/// usage count; see `hami_api::seal`.
+pub const DECISION_SEAL: &str = "hami.io/decision-seal";
+
+/// Whether a pod annotation is the scheduler side's to write: a decision,
+/// a bind phase, or a vendor's allocation. A pod author who could set one
+/// could claim devices the scheduler never granted, so the admission webhook
+/// refuses them from anyone but the controller and the node agent.
+pub fn is_controller_owned(key: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        VGPU_DEVICES_TO_ALLOCATE,
+        VGPU_DEVICES_ALLOCATED,
+        VGPU_NODE,
+        VGPU_TIME,
+        BIND_PHASE,
+        BIND_TIME,
+        CONTAINER_NAMES,
+        DECISION_SEAL,
+    ];
+    if EXACT.contains(&key) {
+        return true;
+    }
+    if let Some(rest) = key.strip_prefix("hami.io/") {
+        return rest.ends_with("-devices-to-allocate") || rest.ends_with("-devices-allocated");
+    }
+    // The Ascend device plugin's runtime info, `huawei.com/<chip word>`
+    // (`huawei.com/Ascend910B3`); `huawei.com/vnpu-mode` is the user's.
+    key.strip_prefix("huawei.com/")
+        .is_some_and(|word| word.starts_with("Ascend"))
+}
+
 // ---- pod annotations written by users --------------------------------------
 
 pub const USE_GPU_TYPE: &str = "nvidia.com/use-gputype";
@@ -176,5 +208,33 @@ mod tests {
         );
         assert_eq!(keys.node_register, "hami.io/node-register-Ascend910A");
         assert_eq!(keys.node_handshake, "hami.io/node-handshake-Ascend910A");
+    }
+}
+
+#[cfg(test)]
+mod owned_tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_controller_owned_and_requests_are_not() {
+        for owned in [
+            VGPU_DEVICES_TO_ALLOCATE,
+            BIND_PHASE,
+            "hami.io/Ascend910B3-devices-to-allocate",
+            "hami.io/vastai-devices-allocated",
+            "huawei.com/Ascend910B3",
+            DECISION_SEAL,
+        ] {
+            assert!(is_controller_owned(owned), "{owned}");
+        }
+        for user in [
+            ASCEND_VNPU_MODE,
+            USE_GPU_TYPE,
+            GPU_SCHEDULER_POLICY,
+            DIRECT_GPU_MEMORY,
+            "example.com/x",
+        ] {
+            assert!(!is_controller_owned(user), "{user}");
+        }
     }
 }

@@ -108,6 +108,11 @@ enum Command {
         /// The scheduler pods that share devices are sent to.
         #[arg(long, default_value = "hami-scheduler")]
         scheduler_name: String,
+        /// A user (service account, as `system:serviceaccount:NS:NAME`) that
+        /// may write the scheduler's annotations on pods: this controller's
+        /// and the node agent's. Repeat for each; nobody else may.
+        #[arg(long = "trusted-user")]
+        trusted_users: Vec<String>,
         /// runtimeClassName set on such pods that have none.
         #[arg(long)]
         runtime_class: Option<String>,
@@ -294,6 +299,7 @@ fn main() -> Result<()> {
             tls_cert,
             tls_key,
             scheduler_name,
+            trusted_users,
             runtime_class,
             core_policy,
             dra,
@@ -338,6 +344,7 @@ fn main() -> Result<()> {
                     core_policy,
                     profiles: settings.profiles.clone(),
                     dra,
+                    trusted_users,
                 },
                 namespace: lease_namespace,
             });

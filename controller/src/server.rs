@@ -471,24 +471,27 @@ pub fn webhook_router(
 ) -> Router {
     Router::new()
         .route("/webhook", post(webhook_handler))
+        .route("/validate", post(validate_handler))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(Arc::new(WebhookApp { cluster, config }))
 }
 
-async fn webhook_handler(
-    State(app): State<Arc<WebhookApp>>,
+/// An AdmissionReview v1 with its request, or the error reply.
+// Built once per review and returned at once: boxing it buys nothing.
+#[allow(clippy::result_large_err)]
+fn admission_request(
     body: Result<Bytes, BytesRejection>,
-) -> Response {
+) -> Result<review::AdmissionRequest, Response> {
     let fail = |status: StatusCode, message: String| {
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     };
     let review: AdmissionReview = match decode(body, "AdmissionReview") {
         Ok(r) => r,
-        Err((status, message)) => return fail(status, message),
+        Err((status, message)) => return Err(fail(status, message)),
     };
     if review.api_version != review::API_VERSION || review.kind != "AdmissionReview" {
-        return fail(
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!(
                 "expected {} AdmissionReview, got {} {}",
@@ -496,13 +499,50 @@ async fn webhook_handler(
                 review.api_version,
                 review.kind
             ),
-        );
+        ));
     }
-    let Some(request) = review.request else {
-        return fail(
+    review.request.ok_or_else(|| {
+        fail(
             StatusCode::BAD_REQUEST,
             "AdmissionReview without a request".into(),
-        );
+        )
+    })
+}
+
+/// The validating webhook: controller-owned annotations stay the
+/// controller's (see [`crate::admission::owned`]).
+async fn validate_handler(
+    State(app): State<Arc<WebhookApp>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request = match admission_request(body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    let verdict = crate::admission::owned::check(
+        &request.operation,
+        &request.user_info.username,
+        request.object.as_ref(),
+        request.old_object.as_ref(),
+        &app.config.trusted_users,
+    );
+    let response = match verdict {
+        Ok(()) => AdmissionResponse::allow(&request.uid, &[]),
+        Err(message) => {
+            tracing::warn!(user = %request.user_info.username, namespace = ?request.namespace, name = ?request.name, "{message}");
+            AdmissionResponse::deny(&request.uid, message)
+        }
+    };
+    Json(response.into_review()).into_response()
+}
+
+async fn webhook_handler(
+    State(app): State<Arc<WebhookApp>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let request = match admission_request(body) {
+        Ok(r) => r,
+        Err(reply) => return reply,
     };
     let untouched = AdmissionResponse::allow(&request.uid, &[]);
     let object = match (

@@ -424,3 +424,69 @@ fn the_shipped_device_class_is_the_one_claims_name() {
     let shipped: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(shipped, hami_controller::admission::dra::device_class());
 }
+
+/// `/validate` on the validating review a real API server sent: a pod
+/// author's hand-written decision (a device, a node, a bind time) is denied
+/// on CREATE and on UPDATE; the controller's service account may write it.
+#[test]
+fn validate_keeps_the_scheduler_annotations_the_controllers() {
+    const CONTROLLER: &str = "system:serviceaccount:kube-system:hami-scheduler";
+    runtime().block_on(async {
+        let config = WebhookConfig {
+            trusted_users: vec![CONTROLLER.to_owned()],
+            ..WebhookConfig::default()
+        };
+        let send = |review: Value| {
+            let app = webhook_router(cluster(), config.clone(), 1 << 20);
+            async move {
+                let res = app
+                    .oneshot(
+                        Request::post("/validate")
+                            .header("content-type", "application/json")
+                            .body(Body::from(serde_json::to_vec(&review).unwrap()))
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::OK);
+                let bytes = res.into_body().collect().await.unwrap().to_bytes();
+                serde_json::from_slice::<Value>(&bytes).unwrap()["response"].clone()
+            }
+        };
+        let captured = fixture("sample-admission-review-validate.json");
+        // As captured (an admin creating a plain pod): allowed.
+        let reply = send(captured.clone()).await;
+        assert_eq!(reply["allowed"], true, "{reply}");
+        assert_eq!(reply["uid"], captured["request"]["uid"]);
+
+        let mut forged = captured.clone();
+        forged["request"]["object"]["metadata"]["annotations"] = json!({
+            "hami.io/vgpu-devices-allocated": "GPU-a,NVIDIA-A100,81920,100:;",
+            "hami.io/vgpu-node": "n1",
+            "hami.io/bind-phase": "success"
+        });
+        let reply = send(forged.clone()).await;
+        assert_eq!(reply["allowed"], false, "{reply}");
+        let message = reply["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("hami.io/vgpu-node") && message.contains("admin"),
+            "{message}"
+        );
+
+        let mut by_controller = forged.clone();
+        by_controller["request"]["userInfo"]["username"] = json!(CONTROLLER);
+        assert_eq!(send(by_controller).await["allowed"], true);
+
+        // UPDATE: the author patches the node of a decided pod.
+        let mut update = forged.clone();
+        update["request"]["operation"] = json!("UPDATE");
+        update["request"]["oldObject"] = forged["request"]["object"].clone();
+        update["request"]["object"]["metadata"]["annotations"]["hami.io/vgpu-node"] = json!("n2");
+        let reply = send(update.clone()).await;
+        assert_eq!(reply["allowed"], false, "{reply}");
+        // ... or changes only what is theirs: allowed.
+        update["request"]["object"] = forged["request"]["object"].clone();
+        update["request"]["object"]["metadata"]["labels"] = json!({"team": "a"});
+        assert_eq!(send(update).await["allowed"], true);
+    });
+}

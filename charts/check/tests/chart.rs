@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use hami_chart::{documents, render};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -170,6 +172,9 @@ fn every_value_set_renders_to_valid_objects() {
                     round_trip::<MutatingWebhookConfiguration>(file, d)
                 }
                 "Job" => round_trip::<Job>(file, d),
+                "ValidatingWebhookConfiguration" => {
+                    round_trip::<ValidatingWebhookConfiguration>(file, d)
+                }
                 "NetworkPolicy" => round_trip::<NetworkPolicy>(file, d),
                 // Not in k8s-openapi's 1.33 types: checked where they matter.
                 "DeviceClass" | "ServiceMonitor" | "Issuer" | "Certificate" => {}
@@ -349,8 +354,51 @@ fn check_webhook(set: &str, values: &Value, docs: &[(String, Value)]) {
     assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
     assert_eq!(hook["rules"][0]["resources"], json!(["pods"]));
     let ignore = json!({"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]});
-    assert_eq!(hook["objectSelector"]["matchExpressions"][0], ignore);
+    // The opt-out is a namespace's, never a pod author's label.
+    assert!(
+        hook["objectSelector"].is_null(),
+        "{set}: {}",
+        hook["objectSelector"]
+    );
     assert_eq!(hook["namespaceSelector"]["matchExpressions"][0], ignore);
+
+    // The scheduler's annotations: validated on CREATE and UPDATE, with
+    // exactly the two service accounts that write them trusted.
+    let vwc = one(docs, "ValidatingWebhookConfiguration");
+    let owned = &vwc["webhooks"][0];
+    assert_eq!(owned["failurePolicy"], "Fail", "{set}");
+    assert_eq!(owned["rules"][0]["operations"], json!(["CREATE", "UPDATE"]));
+    assert_eq!(owned["clientConfig"]["service"]["path"], "/validate");
+    assert!(owned["objectSelector"].is_null(), "{set}");
+    let deployment = one(docs, "Deployment");
+    let pod_spec = &deployment["spec"]["template"]["spec"];
+    let trusted: Vec<String> = args(container(pod_spec, "controller"))
+        .iter()
+        .filter_map(|a| a.strip_prefix("--trusted-user=").map(str::to_owned))
+        .collect();
+    let daemonset = one(docs, "DaemonSet");
+    let sa = |spec: &Value, ns: &Value| {
+        format!(
+            "system:serviceaccount:{}:{}",
+            ns.as_str().unwrap(),
+            spec["serviceAccountName"].as_str().unwrap()
+        )
+    };
+    let want = vec![
+        sa(pod_spec, &deployment["metadata"]["namespace"]),
+        sa(
+            &daemonset["spec"]["template"]["spec"],
+            &daemonset["metadata"]["namespace"],
+        ),
+    ];
+    assert_eq!(trusted, want, "{set}");
+    let condition = owned["matchConditions"][0]["expression"].as_str().unwrap();
+    for user in &want {
+        assert!(
+            condition.contains(&format!("\"{user}\"")),
+            "{set}: {condition}"
+        );
+    }
     assert_eq!(
         hook["namespaceSelector"]["matchExpressions"][1]["values"],
         values["scheduler"]["admissionWebhook"]["whitelistNamespaces"],

@@ -30,6 +30,9 @@ pub struct WebhookConfig {
     /// Convert NVIDIA requests to DRA ResourceClaims (only when the cluster
     /// serves resource.k8s.io/v1 with consumable capacity; see `dra_support`).
     pub dra: bool,
+    /// Users (the controller's and node agent's service accounts) allowed
+    /// to write controller-owned annotations (see [`super::owned`]).
+    pub trusted_users: Vec<String>,
 }
 
 impl Default for WebhookConfig {
@@ -40,6 +43,7 @@ impl Default for WebhookConfig {
             core_policy: None,
             profiles: VendorProfile::defaults(),
             dra: false,
+            trusted_users: Vec::new(),
         }
     }
 }

@@ -41,7 +41,20 @@ pub struct AdmissionRequest {
     #[serde(default)]
     pub object: Option<Value>,
     #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub user_info: UserInfo,
+    #[serde(default)]
     pub dry_run: Option<bool>,
+}
+
+/// authentication.k8s.io/v1 `UserInfo`: who sent the request.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
