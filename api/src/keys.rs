@@ -50,6 +50,14 @@ pub fn is_controller_owned(key: &str) -> bool {
         .is_some_and(|word| word.starts_with("Ascend"))
 }
 
+/// The controller-owned annotations the decision seal covers: the
+/// allocations and the slot order, written together by `/filter`. The node
+/// is sealed as its own field; bind phase and times are written later.
+pub fn is_sealed_decision_key(key: &str) -> bool {
+    is_controller_owned(key)
+        && ![VGPU_NODE, VGPU_TIME, BIND_PHASE, BIND_TIME, DECISION_SEAL].contains(&key)
+}
+
 // ---- pod annotations written by users --------------------------------------
 
 pub const USE_GPU_TYPE: &str = "nvidia.com/use-gputype";

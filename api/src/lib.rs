@@ -18,6 +18,8 @@ pub mod quantity;
 pub mod quota;
 pub mod reasons;
 pub mod resources;
+#[cfg(feature = "seal")]
+pub mod seal;
 
 pub use allocation::{AllocationError, ContainerDevice, PodAllocation};
 pub use bind_phase::BindPhase;

@@ -130,6 +130,8 @@ pub struct KubeCluster {
     client: Client,
     /// The families placed; must be the list the server was given.
     profiles: Vec<VendorProfile>,
+    /// When set, only sealed decisions count as usage.
+    decision_key: Option<hami_api::seal::DecisionKey>,
     nodes: Store<Node>,
     pods: Store<Pod>,
     quotas: Store<k8s_openapi::api::core::v1::ResourceQuota>,
@@ -180,6 +182,16 @@ impl KubeCluster {
 
     /// [`KubeCluster::start`] for a given list of families.
     pub fn start_with(client: Client, profiles: Vec<VendorProfile>) -> Arc<Self> {
+        Self::start_sealed(client, profiles, None)
+    }
+
+    /// [`KubeCluster::start_with`], counting only sealed decisions as usage
+    /// when `key` is given (see [`ClusterState::rebuild_sealed`]).
+    pub fn start_sealed(
+        client: Client,
+        profiles: Vec<VendorProfile>,
+        key: Option<hami_api::seal::DecisionKey>,
+    ) -> Arc<Self> {
         let generation = Arc::new(AtomicU64::new(1));
         let (nodes, node_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
@@ -202,6 +214,7 @@ impl KubeCluster {
         let me = Arc::new(Self {
             client,
             profiles,
+            decision_key: key,
             nodes,
             pods,
             quotas,
@@ -235,9 +248,14 @@ impl Cluster for KubeCluster {
             return cached.1.clone();
         }
         let pods = self.pods.state();
-        let mut state =
-            ClusterState::rebuild_with(&self.profiles, &self.nodes.state(), &pods, now_utc())
-                .with_quotas(&self.quotas.state());
+        let mut state = ClusterState::rebuild_sealed(
+            &self.profiles,
+            &self.nodes.state(),
+            &pods,
+            now_utc(),
+            self.decision_key.as_ref(),
+        )
+        .with_quotas(&self.quotas.state());
         *pending = overlay(&mut state, &pods, &pending, &self.profiles);
         let state = Arc::new(state);
         *cached = (generation, state.clone());

@@ -12,6 +12,7 @@
 //! - [`leader`]: leader election through a Lease; only the leader decides.
 
 pub mod admission;
+pub mod decision_key;
 pub mod extender;
 pub mod kube_cluster;
 pub mod leader;

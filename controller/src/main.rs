@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 use hami_api::{GpuSchedulerPolicy, NodeSchedulerPolicy};
 use hami_controller::admission::mutate::WebhookConfig;
 use hami_controller::admission::tls::{server_config, TlsListener};
+use hami_controller::decision_key::ensure_decision_key;
 use hami_controller::kube_cluster::{dra_support, KubeCluster};
 use hami_controller::leader::LeaderConfig;
 use hami_controller::server::{metrics_router, router, webhook_router, Settings};
@@ -113,6 +114,15 @@ enum Command {
         /// and the node agent's. Repeat for each; nobody else may.
         #[arg(long = "trusted-user")]
         trusted_users: Vec<String>,
+        /// Seal every decision with the key in this Secret (created in the
+        /// Lease namespace when missing); the node agents mount it and
+        /// answer Allocate only for sealed decisions, and only sealed
+        /// allocations count as usage. Off when not given.
+        #[arg(long)]
+        decision_key_secret: Option<String>,
+        /// The decision key from a file instead (tests, non-Kubernetes setups).
+        #[arg(long, conflicts_with = "decision_key_secret")]
+        decision_key_file: Option<PathBuf>,
         /// runtimeClassName set on such pods that have none.
         #[arg(long)]
         runtime_class: Option<String>,
@@ -205,9 +215,17 @@ struct Webhook {
     namespace: String,
 }
 
+/// Where the decision key comes from.
+struct DecisionKeySource {
+    secret: Option<String>,
+    file: Option<PathBuf>,
+    namespace: String,
+}
+
 async fn serve(
     listen: std::net::SocketAddr,
     metrics_listen: std::net::SocketAddr,
+    decision_key: DecisionKeySource,
     mut settings: Settings,
     election: Option<Election>,
     webhook: Option<Webhook>,
@@ -226,7 +244,21 @@ async fn serve(
             tokio::spawn(hami_controller::leader::run(api, cfg, leader));
         }
     }
-    let cluster = KubeCluster::start_with(client.clone(), settings.profiles.clone());
+    let key = match (&decision_key.secret, &decision_key.file) {
+        (Some(name), _) => Some(
+            ensure_decision_key(&client, &decision_key.namespace, name)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("the decision key")?,
+        ),
+        (None, Some(path)) => Some(hami_api::seal::DecisionKey::from_file(path)?),
+        (None, None) => {
+            tracing::warn!("no --decision-key-secret: decisions are not sealed, and every allocation annotation counts as usage");
+            None
+        }
+    };
+    settings.decision_key = key.clone().map(std::sync::Arc::new);
+    let cluster = KubeCluster::start_sealed(client.clone(), settings.profiles.clone(), key);
     if let Some(mut w) = webhook {
         if w.config.dra {
             match dra_support(&client, &w.namespace).await {
@@ -300,6 +332,8 @@ fn main() -> Result<()> {
             tls_key,
             scheduler_name,
             trusted_users,
+            decision_key_secret,
+            decision_key_file,
             runtime_class,
             core_policy,
             dra,
@@ -334,6 +368,11 @@ fn main() -> Result<()> {
             } else {
                 None
             };
+            let decision_key = DecisionKeySource {
+                secret: decision_key_secret,
+                file: decision_key_file,
+                namespace: lease_namespace.clone(),
+            };
             let webhook = tls_cert.zip(tls_key).map(|(cert, key)| Webhook {
                 listen: webhook_listen,
                 cert,
@@ -351,7 +390,14 @@ fn main() -> Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(listen, metrics_listen, settings, election, webhook))
+                .block_on(serve(
+                    listen,
+                    metrics_listen,
+                    decision_key,
+                    settings,
+                    election,
+                    webhook,
+                ))
         }
     }
 }

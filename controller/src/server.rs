@@ -83,6 +83,8 @@ pub struct Settings {
     /// What `/filter` decided, for `/bind` to check; shared by every router
     /// built from these settings.
     pub decisions: Arc<PendingDecisions>,
+    /// Seals each decision written to a pod (see [`hami_api::seal`]).
+    pub decision_key: Option<Arc<hami_api::seal::DecisionKey>>,
 }
 
 impl Default for Settings {
@@ -96,6 +98,7 @@ impl Default for Settings {
             request_timeout: std::time::Duration::from_secs(10),
             leader: None,
             decisions: Arc::new(PendingDecisions::default()),
+            decision_key: None,
         }
     }
 }
@@ -367,6 +370,11 @@ async fn filter_handler(
         let mut write = decision;
         write.insert(keys::VGPU_NODE.to_owned(), node_name.clone());
         write.insert(keys::CONTAINER_NAMES.to_owned(), containers.join(","));
+        if let Some(key) = &app.settings.decision_key {
+            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+            let seal = key.seal_annotations(uid, &node_name, &write);
+            write.insert(keys::DECISION_SEAL.to_owned(), seal);
+        }
         let result = app
             .cluster
             .annotate(

@@ -56,6 +56,28 @@ fn annotation<'a>(
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
+fn pod_id(pod: &Pod) -> String {
+    format!(
+        "pod/{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// `Ok` for a pod whose decision this scheduler sealed; `Err(None)` for a
+/// pod with no decision at all, `Err(Some(why))` for a forged or edited one.
+fn sealed(key: &hami_api::seal::DecisionKey, pod: &Pod) -> Result<(), Option<String>> {
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return Err(None);
+    };
+    if !annotations.keys().any(|k| keys::is_sealed_decision_key(k)) {
+        return Err(None);
+    }
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    key.check_pod(uid, annotations)
+        .map_err(|e| Some(format!("not counted as usage: {e}")))
+}
+
 /// Whether a pod still holds the devices recorded in its annotations.
 fn holds_devices(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -146,6 +168,20 @@ impl ClusterState {
         pods: &[P],
         now: NaiveDateTime,
     ) -> Self {
+        Self::rebuild_sealed(profiles, nodes, pods, now, None)
+    }
+
+    /// [`ClusterState::rebuild_with`] counting, when `key` is given, only
+    /// the allocations that carry this scheduler's seal: a pod that wrote a
+    /// decision for itself (a hand-set `spec.nodeName` and allocation) is a
+    /// warning, not usage that would crowd out real pods.
+    pub fn rebuild_sealed<N: Borrow<KubeNode>, P: Borrow<Pod>>(
+        profiles: &[VendorProfile],
+        nodes: &[N],
+        pods: &[P],
+        now: NaiveDateTime,
+        key: Option<&hami_api::seal::DecisionKey>,
+    ) -> Self {
         let mut state = Self::default();
         for n in nodes.iter().map(Borrow::borrow) {
             let Some(name) = n.metadata.name.clone() else {
@@ -156,6 +192,14 @@ impl ClusterState {
             }
         }
         for p in pods.iter().map(Borrow::borrow).filter(|p| holds_devices(p)) {
+            if let Some(key) = key {
+                if let Err(why) = sealed(key, p) {
+                    if let Some(why) = why {
+                        state.warnings.push((pod_id(p), why));
+                    }
+                    continue;
+                }
+            }
             for (vi, profile) in profiles.iter().enumerate() {
                 state.charge(p, profile, u16::try_from(vi).unwrap_or(u16::MAX));
             }
@@ -438,6 +482,43 @@ mod tests {
         assert_eq!((d[1].used_memory_mib, d[1].tasks), (500, 1));
         // A restart sees the same objects and rebuilds the same state.
         assert_eq!(ClusterState::rebuild(&nodes, &pods, now()), s);
+    }
+
+    /// A pod author's hand-written allocation (the scheduler never saw the
+    /// pod) must not take devices from real pods once decisions are sealed.
+    #[test]
+    fn only_sealed_allocations_count_when_decisions_are_sealed() {
+        let key = hami_api::seal::DecisionKey::new(&[3; 32]);
+        let nodes = [node("n1", json!({}))];
+        let mut real = pod("real", "GPU-a,NVIDIA-A100,3000,30:;", "Running", 0);
+        real.metadata.uid = Some("uid-real".into());
+        let ann = real.metadata.annotations.as_mut().unwrap();
+        let seal = key.seal_annotations("uid-real", "n1", ann);
+        ann.insert(keys::DECISION_SEAL.into(), seal.clone());
+        let mut forged = pod("forged", "GPU-a,NVIDIA-A100,78000,70:;", "Running", 0);
+        forged.metadata.uid = Some("uid-forged".into());
+        // Even a seal copied from the real pod does not carry over.
+        forged
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys::DECISION_SEAL.into(), seal);
+        let plain: Pod = serde_json::from_value(json!({"metadata": {"name": "plain"}})).unwrap();
+        let pods = [real, forged, plain];
+        let unsealed = ClusterState::rebuild(&nodes, &pods, now());
+        assert_eq!(unsealed.nodes["n1"].devices[0].used_memory_mib, 81000);
+        let sealed = ClusterState::rebuild_sealed(
+            &VendorProfile::defaults(),
+            &nodes,
+            &pods,
+            now(),
+            Some(&key),
+        );
+        let d = &sealed.nodes["n1"].devices[0];
+        assert_eq!((d.used_memory_mib, d.tasks), (3000, 1));
+        assert_eq!(sealed.warnings.len(), 1, "{:?}", sealed.warnings);
+        assert!(sealed.warnings[0].0.ends_with("/forged"));
     }
 
     #[test]

@@ -130,6 +130,40 @@ fn a_gpu_pod_gets_one_node_and_its_decision_is_written() {
     });
 }
 
+/// With a decision key, the written decision carries a seal that holds for
+/// exactly this pod, node and allocation (what the node agent checks).
+#[test]
+fn sealed_decisions_verify_for_their_pod_only() {
+    runtime().block_on(async {
+        let key = hami_api::seal::DecisionKey::new(&[9; 32]);
+        let settings = Settings {
+            decision_key: Some(Arc::new(key.clone())),
+            ..Settings::default()
+        };
+        let c = cluster(true, false);
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        let (_, reply) = post(c.clone(), settings, body).await;
+        assert_eq!(reply["Error"], "", "{reply}");
+        let (_, _, ann) = c.writes.lock().unwrap()[0].clone();
+        let uid = gpu_args()["Pod"]["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        key.check_pod(&uid, &ann).unwrap();
+        assert!(key.check_pod("another-pod", &ann).is_err());
+        let mut moved = ann.clone();
+        moved.insert("hami.io/vgpu-node".into(), "fake-node-1".into());
+        assert!(key.check_pod(&uid, &moved).is_err());
+        // Without a key nothing is sealed (and nothing else changes).
+        let c = cluster(true, false);
+        let body = serde_json::to_vec(&gpu_args()).unwrap();
+        post(c.clone(), Settings::default(), body).await;
+        assert!(!c.writes.lock().unwrap()[0]
+            .2
+            .contains_key("hami.io/decision-seal"));
+    });
+}
+
 #[test]
 fn binpack_prefers_the_busier_node_when_both_fit() {
     runtime().block_on(async {

@@ -52,6 +52,13 @@ enum Command {
         /// The resource the device plugin will advertise (kept for the chart).
         #[arg(long, default_value = "nvidia.com/gpu")]
         resource_name: String,
+        /// The scheduler whose pods Allocate answers (repeat for several).
+        #[arg(long = "scheduler-name", default_value = "hami-scheduler")]
+        scheduler_names: Vec<String>,
+        /// The controller's decision key (its Secret, mounted): Allocate then
+        /// answers only decisions the controller sealed for that very pod.
+        #[arg(long)]
+        decision_key_file: Option<PathBuf>,
         /// Return CDI device names from Allocate (the classic env, mounts and
         /// devices are returned either way, for runtimes without CDI).
         #[arg(long, default_value_t = true, action = ArgAction::Set)]
@@ -373,6 +380,8 @@ fn main() -> Result<()> {
             device_core_scaling,
             hami_vnpu_core,
             resource_name,
+            scheduler_names,
+            decision_key_file,
             cdi,
             cdi_dir,
             library,
@@ -442,6 +451,12 @@ fn main() -> Result<()> {
                             pods: kube::Api::all(client.clone()),
                             client: client.clone(),
                             node: agent.node.clone(),
+                            trust: hami_node::pod_source::Trust {
+                                resource: agent.resource.clone(),
+                                scheduler_names,
+                                decision_key: None,
+                            },
+                            decision_key_file,
                         }),
                         writer: writer.clone(),
                         cdi: agent.cdi,

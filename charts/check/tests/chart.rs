@@ -392,6 +392,32 @@ fn check_webhook(set: &str, values: &Value, docs: &[(String, Value)]) {
         ),
     ];
     assert_eq!(trusted, want, "{set}");
+    // The node agents mount the very Secret the controller seals with.
+    let secret = flag(
+        &args(container(pod_spec, "controller")),
+        "decision-key-secret",
+    )
+    .unwrap();
+    let ds_spec = &daemonset["spec"]["template"]["spec"];
+    let volume = ds_spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "decision-key")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], json!(secret), "{set}");
+    let mount = container(ds_spec, "node")["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "decision-key")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        flag(&args(container(ds_spec, "node")), "decision-key-file").unwrap(),
+        format!("{}/key", mount["mountPath"].as_str().unwrap()),
+        "{set}"
+    );
     let condition = owned["matchConditions"][0]["expression"].as_str().unwrap();
     for user in &want {
         assert!(

@@ -7,6 +7,10 @@
 {{- printf "%s-scheduler" (include "hami.fullname" .) -}}
 {{- end -}}
 
+{{- define "hami.decisionKey" -}}
+{{- printf "%s-decision-key" (include "hami.fullname" .) -}}
+{{- end -}}
+
 {{- define "hami.node" -}}
 {{- printf "%s-node" (include "hami.fullname" .) -}}
 {{- end -}}
