@@ -261,7 +261,7 @@ pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), Sto
     let region = region_dir.join(REGION_FILE);
     // A region left from an earlier allocation of the same name carries old limits.
     let _ = fs::remove_file(&region);
-    Region::open_or_create(&region, &limits).map_err(|source| StoreError::Region {
+    Region::create_new(&region, &limits).map_err(|source| StoreError::Region {
         name: allocation.name.clone(),
         source,
     })?;
@@ -282,16 +282,75 @@ pub fn remove_state(layout: &Layout, name: &str) -> Result<bool, StoreError> {
     }
 }
 
-/// Bytes in use per device according to the allocation's region, if it has one.
+/// Bytes in use per device according to the allocation's region, if it has
+/// one. Read as a snapshot: the region is never mapped, created or locked
+/// here, and nothing the container put in its region directory is followed.
 pub fn usage(layout: &Layout, name: &str) -> Option<Vec<u64>> {
-    let path = layout.region_dir(name).join(REGION_FILE);
-    if !path.exists() {
-        return None;
+    let relative = Path::new(name).join("region").join(REGION_FILE);
+    let snapshot =
+        hami_region::snapshot::Snapshot::read_beneath(&layout.state_dir, &relative).ok()?;
+    Some(snapshot.used_bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{Grant, DEFAULT_KIND};
+
+    fn layout(dir: &Path) -> Layout {
+        Layout {
+            kind: DEFAULT_KIND.into(),
+            library: "/usr/local/vgpu/libhami_core.so".into(),
+            state_dir: dir.join("state"),
+            hook: None,
+        }
     }
-    let region = Region::open_or_create(&path, &Limits::unlimited()).ok()?;
-    Some(
-        (0..hami_region::MAX_DEVICES)
-            .map(|d| region.device_used(d))
-            .collect(),
-    )
+
+    fn allocation() -> Allocation {
+        Allocation {
+            name: "job1".into(),
+            grants: vec![Grant {
+                index: 0,
+                memory_bytes: Some(1 << 30),
+                cores: Some(30),
+            }],
+        }
+    }
+
+    /// The region directory is the container's to write: a symlink it puts
+    /// at the region must never be opened, let alone created or resized,
+    /// by root (`hami-cdi list` used to map whatever was there read-write).
+    #[test]
+    fn planted_region_symlinks_are_never_followed() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let layout = layout(dir.path());
+        prepare_state(&allocation(), &layout).unwrap();
+        assert_eq!(usage(&layout, "job1").unwrap()[0], 0);
+        let region = layout.region_dir("job1").join(REGION_FILE);
+        assert_eq!(fs::metadata(&region).unwrap().mode() & 0o777, 0o666);
+        assert_eq!(
+            fs::metadata(layout.lock_dir())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o1777
+        );
+
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "").unwrap();
+        fs::remove_file(&region).unwrap();
+        std::os::unix::fs::symlink(&victim, &region).unwrap();
+        assert_eq!(usage(&layout, "job1"), None);
+        assert_eq!(
+            fs::metadata(&victim).unwrap().len(),
+            0,
+            "the victim was written"
+        );
+        // Preparing the allocation again replaces the link, not its target.
+        prepare_state(&allocation(), &layout).unwrap();
+        assert!(fs::symlink_metadata(&region).unwrap().is_file());
+        assert_eq!(fs::metadata(&victim).unwrap().len(), 0);
+    }
 }

@@ -60,8 +60,12 @@ pub async fn sweep(writer: &SpecWriter, pods: &dyn PodLookup) -> Vec<String> {
 }
 
 fn read_owner(dir: &Path) -> Option<Owner> {
-    let text = std::fs::read(dir.join(OWNER_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+    // An owner file that is missing reads as the default (no owner): here
+    // that must not count as an owner.
+    if std::fs::symlink_metadata(dir.join(OWNER_FILE)).is_err() {
+        return None;
+    }
+    crate::monitor::read_owner(dir).ok()
 }
 
 /// Pods from the API server: 404 or a finished phase is gone.

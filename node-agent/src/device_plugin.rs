@@ -282,10 +282,8 @@ impl SpecWriter {
                     &pod.name,
                     container,
                 ));
-                std::fs::read(dir.join(crate::monitor::OWNER_FILE))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<crate::monitor::Owner>(&b).ok())
-                    .is_some_and(|o| !o.pod_uid.is_empty() && o.pod_uid == pod.uid)
+                crate::monitor::read_owner(&dir)
+                    .is_ok_and(|o| !o.pod_uid.is_empty() && o.pod_uid == pod.uid)
             })
             .map(|(slot, _)| slot)
             .collect()

@@ -45,10 +45,26 @@ pub struct Report {
     pub errors: Vec<(String, String)>,
 }
 
-fn read_owner(dir: &Path) -> Result<Owner, String> {
+/// An owner file is a few hundred bytes.
+const MAX_OWNER_BYTES: u64 = 64 << 10;
+
+/// A whole scan of the state directory; what is left after it is reported,
+/// not waited for (one slow filesystem must not stall every scrape).
+pub const SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `dir/owner.json`, read as [`hami_region::safe_read`] reads anything a
+/// container might have touched: no symlink, no FIFO, bounded.
+pub fn read_owner(dir: &Path) -> Result<Owner, String> {
     let path = dir.join(OWNER_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() > 64 << 10 => Err(format!("{} is too large", path.display())),
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(format!("{}: no parent directory", dir.display()));
+    };
+    let relative = Path::new(name).join(OWNER_FILE);
+    match hami_region::safe_read::read_beneath(
+        parent,
+        &relative,
+        hami_region::safe_read::Size::AtMost(MAX_OWNER_BYTES),
+    ) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Owner::default()),
         Err(e) => Err(format!("{}: {e}", path.display())),
@@ -57,6 +73,11 @@ fn read_owner(dir: &Path) -> Result<Owner, String> {
 
 /// Reads every allocation's region under `state_dir`, in name order.
 pub fn scan(state_dir: &Path) -> Report {
+    scan_until(state_dir, std::time::Instant::now() + SCAN_DEADLINE)
+}
+
+/// [`scan`] that stops at `deadline`, reporting the allocations not read.
+pub fn scan_until(state_dir: &Path, deadline: std::time::Instant) -> Report {
     let mut report = Report::default();
     let mut dirs: Vec<PathBuf> = match std::fs::read_dir(state_dir) {
         Ok(entries) => entries
@@ -67,7 +88,8 @@ pub fn scan(state_dir: &Path) -> Report {
                 p.file_name()
                     .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
             })
-            .filter(|p| p.is_dir())
+            // Not followed: an allocation directory is a real directory.
+            .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
@@ -84,8 +106,15 @@ pub fn scan(state_dir: &Path) -> Report {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let region = dir.join("region").join(REGION_FILE);
-        if !region.exists() {
+        if std::time::Instant::now() > deadline {
+            report.errors.push((
+                allocation,
+                "not read: the scan ran past its deadline".into(),
+            ));
+            continue;
+        }
+        let relative = Path::new(&allocation).join("region").join(REGION_FILE);
+        if std::fs::symlink_metadata(state_dir.join(&relative)).is_err() {
             // Created, but no process has started in it yet.
             continue;
         }
@@ -96,7 +125,7 @@ pub fn scan(state_dir: &Path) -> Report {
                 Owner::default()
             }
         };
-        match Snapshot::read(&region) {
+        match Snapshot::read_beneath(state_dir, &relative) {
             Ok(snapshot) => report.containers.push(ContainerUsage {
                 allocation,
                 owner,
@@ -106,4 +135,101 @@ pub fn scan(state_dir: &Path) -> Report {
         }
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn region_dir(state: &Path, name: &str) -> PathBuf {
+        let dir = state.join(name).join("region");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// What a container can put where its region was (its region directory
+    /// is mounted writable): every scrape must still finish, at once, with
+    /// the honest neighbours read and each hostile entry named.
+    #[test]
+    fn hostile_region_files_are_reported_not_followed() {
+        let state = tempfile::tempdir().unwrap();
+        let s = state.path();
+        let mut limits = hami_region::layout::Limits::unlimited();
+        limits.memory_bytes[0] = 1 << 30;
+        hami_region::Region::open_or_create(&region_dir(s, "a-good").join(REGION_FILE), &limits)
+            .unwrap();
+        let fifo = region_dir(s, "b-fifo").join(REGION_FILE);
+        mkfifo(&fifo);
+        std::os::unix::fs::symlink("/dev/zero", region_dir(s, "c-zero").join(REGION_FILE)).unwrap();
+        let sparse = std::fs::File::create(region_dir(s, "d-sparse").join(REGION_FILE)).unwrap();
+        sparse.set_len(1 << 40).unwrap();
+        // An allocation directory that is a symlink to another's.
+        std::os::unix::fs::symlink(s.join("a-good"), s.join("e-link")).unwrap();
+        // An owner file swapped for a FIFO.
+        hami_region::Region::open_or_create(&region_dir(s, "f-owner").join(REGION_FILE), &limits)
+            .unwrap();
+        mkfifo(&s.join("f-owner").join(OWNER_FILE));
+
+        let started = Instant::now();
+        let report = scan(s);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let read: Vec<&str> = report
+            .containers
+            .iter()
+            .map(|c| c.allocation.as_str())
+            .collect();
+        assert_eq!(read, ["a-good", "f-owner"], "{report:?}");
+        assert_eq!(
+            report.containers[0].snapshot.limits.memory_bytes[0],
+            1 << 30
+        );
+        let failed: Vec<&str> = report.errors.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(
+            failed,
+            ["b-fifo", "c-zero", "d-sparse", "f-owner"],
+            "{report:?}"
+        );
+        let why = |name: &str| &report.errors.iter().find(|(a, _)| a == name).unwrap().1;
+        assert!(
+            why("b-fifo").contains("not a regular file"),
+            "{}",
+            why("b-fifo")
+        );
+        assert!(why("c-zero").contains("symlink"), "{}", why("c-zero"));
+        assert!(
+            why("d-sparse").contains("expected exactly"),
+            "{}",
+            why("d-sparse")
+        );
+    }
+
+    #[test]
+    fn a_scan_past_its_deadline_reports_what_it_did_not_read() {
+        let state = tempfile::tempdir().unwrap();
+        let limits = hami_region::layout::Limits::unlimited();
+        for name in ["a", "b"] {
+            hami_region::Region::open_or_create(
+                &region_dir(state.path(), name).join(REGION_FILE),
+                &limits,
+            )
+            .unwrap();
+        }
+        let report = scan_until(state.path(), Instant::now() - Duration::from_secs(1));
+        assert!(report.containers.is_empty());
+        assert_eq!(report.errors.len(), 2);
+        assert!(report.errors[0].1.contains("deadline"));
+    }
 }

@@ -11,6 +11,7 @@
 //! process, and happens before the driver is called.
 
 pub mod layout;
+pub mod safe_read;
 pub mod snapshot;
 
 /// Devices one container can be limited on; every per-device array has this many entries.
@@ -77,6 +78,38 @@ impl Region {
             }
         };
         let file = open_shared(path).map_err(io_err("open"))?;
+        Self::from_file(path, file, limits)
+    }
+
+    /// Creates a new region at `path` with `limits`: the node side's call.
+    /// The name must not exist (a symlink or file planted there by the
+    /// container whose directory this is fails with `AlreadyExists`), so
+    /// root never writes through a name someone else chose.
+    pub fn create_new(path: &Path, limits: &Limits) -> Result<Self, RegionError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|source| RegionError::Io {
+                path: path.to_path_buf(),
+                context: "create",
+                source,
+            })?;
+        Self::from_file(path, file, limits)
+    }
+
+    fn from_file(path: &Path, file: File, limits: &Limits) -> Result<Self, RegionError> {
+        let io_err = |context| {
+            let path = path.to_path_buf();
+            move |source| RegionError::Io {
+                path,
+                context,
+                source,
+            }
+        };
         // flock is released by the kernel if we die here, unlike a lock word in the file.
         let _init_lock = FileLock::exclusive(&file).map_err(io_err("flock"))?;
         let len = file.metadata().map_err(io_err("stat"))?.len();

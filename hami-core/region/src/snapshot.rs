@@ -38,16 +38,29 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 }
 
 impl Snapshot {
+    /// Reads the region at `path`; its last component is never followed
+    /// (see [`crate::safe_read`]).
     pub fn read(path: &Path) -> Result<Self, RegionError> {
-        let bytes = std::fs::read(path).map_err(|source| RegionError::Io {
-            path: path.to_owned(),
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let name = Path::new(path.file_name().unwrap_or_default());
+        Self::read_beneath(parent, name)
+    }
+
+    /// Reads the region at `relative` beneath `root`, no symlink followed on
+    /// the way: the node side's view of a file its container may replace.
+    pub fn read_beneath(root: &Path, relative: &Path) -> Result<Self, RegionError> {
+        let path = root.join(relative);
+        let bytes = crate::safe_read::read_beneath(
+            root,
+            relative,
+            crate::safe_read::Size::Exactly(FILE_SIZE as u64),
+        )
+        .map_err(|source| RegionError::Io {
+            path: path.clone(),
             context: "reading",
             source,
         })?;
-        Self::parse(&bytes).map_err(|reason| RegionError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        })
+        Self::parse(&bytes).map_err(|reason| RegionError::Corrupt { path, reason })
     }
 
     /// Validates and decodes a region's bytes.
