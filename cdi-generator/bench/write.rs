@@ -78,7 +78,7 @@ fn main() {
         let a = allocation(ROUNDS + n);
         let t = Instant::now();
         let spec = build(&a, &inventory, &layout).unwrap();
-        store::prepare_state(&a, &layout).unwrap();
+        store::prepare_state(&a, &layout, &spec).unwrap();
         specs.write(&spec).unwrap();
         with_state.push(t.elapsed().as_secs_f64() * 1e6);
     }

@@ -19,6 +19,9 @@ pub const LIBRARY_IN_CONTAINER: &str = "/usr/local/vgpu/libhami_core.so";
 pub const REGION_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/region";
 pub const REGION_FILE: &str = "vgpu.cache";
 pub const PRELOAD_FILE: &str = "ld.so.preload";
+/// The node's limits file in an allocation's host directory, mounted
+/// read-only at [`hami_api::limits_file::LIMITS_FILE_IN_CONTAINER`].
+pub const LIMITS_FILE: &str = "limits.env";
 /// The node-wide lock directory inside every container, and the lock file in it.
 pub const LOCK_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/lock";
 pub const CONTEXT_LOCK_FILE: &str = "context.lock";
@@ -89,6 +92,9 @@ impl Layout {
     pub fn region_dir(&self, name: &str) -> PathBuf {
         self.allocation_dir(name).join("region")
     }
+    pub fn limits_file(&self, name: &str) -> PathBuf {
+        self.allocation_dir(name).join(LIMITS_FILE)
+    }
     pub fn preload_file(&self, name: &str) -> PathBuf {
         self.allocation_dir(name).join(PRELOAD_FILE)
     }
@@ -146,6 +152,9 @@ impl EditSource for QuotaEnv {
             "{}={REGION_DIR_IN_CONTAINER}/{REGION_FILE}",
             keys::ENV_SHARED_CACHE
         ));
+        // Pinned: a pod or image env with CUDA_DISABLE_CONTROL=true must not
+        // switch the quota off.
+        env.push(format!("{}=false", keys::ENV_DISABLE_CONTROL));
         env.push(format!(
             "{}={LOCK_DIR_IN_CONTAINER}/{CONTEXT_LOCK_FILE}",
             keys::ENV_CONTEXT_LOCK
@@ -235,6 +244,14 @@ impl EditSource for RegionMount {
                     true,
                 ),
                 bind(&plan.layout.lock_dir(), LOCK_DIR_IN_CONTAINER, true),
+                // The node's word on the limits, whatever the pod's or the
+                // image's environment says (hami-core checks the region
+                // against it).
+                bind(
+                    &plan.layout.limits_file(&plan.allocation.name),
+                    hami_api::limits_file::LIMITS_FILE_IN_CONTAINER,
+                    false,
+                ),
             ],
             ..ContainerEdits::default()
         }

@@ -147,7 +147,7 @@ fn main() -> Result<()> {
                     allocation.name
                 );
             }
-            store::prepare_state(&allocation, &layout)?;
+            store::prepare_state(&allocation, &layout, &spec)?;
             let path = match store.write(&spec) {
                 Ok(p) => p,
                 Err(e) => {

@@ -212,7 +212,11 @@ fn test_pause_before_rename() {
 /// Creates the allocation's host state: the ld.so.preload file naming the
 /// library, and the shared region pre-created with the allocation's limits
 /// (the node side writes the limits; processes in the container map them read-only).
-pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), StoreError> {
+pub fn prepare_state(
+    allocation: &Allocation,
+    layout: &Layout,
+    spec: &Spec,
+) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let region_dir = layout.region_dir(&allocation.name);
     fs::DirBuilder::new()
@@ -230,16 +234,12 @@ pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), Sto
     // sticky, so none can remove or replace another's.
     fs::set_permissions(&lock_dir, fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &lock_dir))?;
+    write_node_file(
+        &layout.limits_file(&allocation.name),
+        limits_text(spec)?.as_bytes(),
+    )?;
     let preload = layout.preload_file(&allocation.name);
-    let _ = fs::remove_file(&preload);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&preload)
-        .and_then(|mut f| f.write_all(format!("{LIBRARY_IN_CONTAINER}\n").as_bytes()))
-        .map_err(io("write", &preload))?;
+    write_node_file(&preload, format!("{LIBRARY_IN_CONTAINER}\n").as_bytes())?;
     let mut limits = Limits::unlimited();
     // The spec also sets CUDA_DEVICE_SM_LIMIT, which applies to every device
     // without its own _<i>: mirror that, so region and environment agree.
@@ -270,6 +270,35 @@ pub fn prepare_state(allocation: &Allocation, layout: &Layout) -> Result<(), Sto
     fs::set_permissions(&region, fs::Permissions::from_mode(0o666))
         .map_err(io("chmod", &region))?;
     Ok(())
+}
+
+/// The spec's environment as the node's limits file: what hami-core reads
+/// with precedence over the process environment.
+pub fn limits_text(spec: &Spec) -> Result<String, StoreError> {
+    let env = spec
+        .devices
+        .first()
+        .map(|d| d.container_edits.env.clone())
+        .unwrap_or_default();
+    let pairs: Vec<(&str, &str)> = env.iter().filter_map(|e| e.split_once('=')).collect();
+    hami_api::limits_file::render("hami-cdi", pairs).map_err(|e| StoreError::Parse {
+        path: PathBuf::from(crate::builder::LIMITS_FILE),
+        reason: e.to_string(),
+    })
+}
+
+/// A node-owned file (0644), created anew: never written through a name
+/// that someone else put there.
+fn write_node_file(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
+    let _ = fs::remove_file(path);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()))
+        .map_err(io("write", path))
 }
 
 /// Removes an allocation's host state.
@@ -306,6 +335,14 @@ mod tests {
         }
     }
 
+    fn spec() -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "cdiVersion": "0.5.0", "kind": DEFAULT_KIND,
+            "devices": [{"name": "job1", "containerEdits": {"env": ["CUDA_DEVICE_MEMORY_LIMIT_0=1g"]}}]
+        }))
+        .unwrap()
+    }
+
     fn allocation() -> Allocation {
         Allocation {
             name: "job1".into(),
@@ -325,10 +362,15 @@ mod tests {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let layout = layout(dir.path());
-        prepare_state(&allocation(), &layout).unwrap();
+        prepare_state(&allocation(), &layout, &spec()).unwrap();
         assert_eq!(usage(&layout, "job1").unwrap()[0], 0);
         let region = layout.region_dir("job1").join(REGION_FILE);
         assert_eq!(fs::metadata(&region).unwrap().mode() & 0o777, 0o666);
+        let limits = layout.limits_file("job1");
+        assert_eq!(fs::metadata(&limits).unwrap().mode() & 0o777, 0o644);
+        assert!(fs::read_to_string(&limits)
+            .unwrap()
+            .contains("CUDA_DEVICE_MEMORY_LIMIT_0=1g"));
         assert_eq!(
             fs::metadata(layout.lock_dir())
                 .unwrap()
@@ -349,7 +391,7 @@ mod tests {
             "the victim was written"
         );
         // Preparing the allocation again replaces the link, not its target.
-        prepare_state(&allocation(), &layout).unwrap();
+        prepare_state(&allocation(), &layout, &spec()).unwrap();
         assert!(fs::symlink_metadata(&region).unwrap().is_file());
         assert_eq!(fs::metadata(&victim).unwrap().len(), 0);
     }

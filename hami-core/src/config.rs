@@ -43,6 +43,20 @@ pub fn read_limits_file(path: &Path) -> Result<Option<BTreeMap<String, String>>,
         .map_err(|e| invalid(e.to_string()))
 }
 
+/// The limits the file names per device, as `cfg` parsed them.
+pub fn pinned_limits(cfg: &Config, file: &BTreeMap<String, String>) -> PinnedLimits {
+    let mut pinned = PinnedLimits::default();
+    for i in 0..MAX_DEVICES {
+        if file.contains_key(&keys::env_memory_limit_for(i)) {
+            pinned.memory_bytes[i] = Some(cfg.memory_limit[i].unwrap_or(0));
+        }
+        if file.contains_key(&keys::env_sm_limit_for(i)) {
+            pinned.sm_percent[i] = Some(cfg.sm_limit[i].map_or(0, u32::from));
+        }
+    }
+    pinned
+}
+
 /// With a limits file, the node decides its keys: the environment is not
 /// consulted for them, so an image cannot lift a quota the node set.
 pub fn layered(
@@ -84,6 +98,17 @@ pub struct Config {
     pub log_level: u8,
     /// `CUDA_DISABLE_CONTROL=true`: pass everything through untouched.
     pub disabled: bool,
+    /// The per-device limits the node's read-only limits file names
+    /// (`CUDA_DEVICE_MEMORY_LIMIT_<i>`, `CUDA_DEVICE_SM_LIMIT_<i>`): the
+    /// shared region, which the container can write, must agree with them.
+    pub pinned: Option<PinnedLimits>,
+}
+
+/// Limits the node pinned, per device; `None` where the file names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PinnedLimits {
+    pub memory_bytes: [Option<u64>; MAX_DEVICES],
+    pub sm_percent: [Option<u32>; MAX_DEVICES],
 }
 
 impl Config {
@@ -91,7 +116,9 @@ impl Config {
     /// OCI hook mounted one (see [`hami_api::limits_file`]).
     pub fn from_env() -> Result<Self, ConfigError> {
         let file = read_limits_file(Path::new(LIMITS_FILE_IN_CONTAINER))?;
-        Self::from_lookup(|k| layered(file.as_ref(), k, |k| std::env::var(k).ok()))
+        let mut cfg = Self::from_lookup(|k| layered(file.as_ref(), k, |k| std::env::var(k).ok()))?;
+        cfg.pinned = file.as_ref().map(|f| pinned_limits(&cfg, f));
+        Ok(cfg)
     }
 
     /// Reads through `get` so tests need not touch the process environment.

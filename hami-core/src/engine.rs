@@ -106,6 +106,29 @@ extern "C" fn after_fork_in_child() {
     }
 }
 
+/// Where the region disagrees with the node's limits file, if anywhere.
+fn differs_from_pinned(limits: &Limits, pinned: &crate::config::PinnedLimits) -> Option<String> {
+    for d in 0..MAX_DEVICES {
+        if let Some(m) = pinned.memory_bytes[d] {
+            if limits.memory_bytes[d] != m {
+                return Some(format!(
+                    "device {d}: memory limit {} bytes in the region, {m} in the limits file",
+                    limits.memory_bytes[d]
+                ));
+            }
+        }
+        if let Some(p) = pinned.sm_percent[d] {
+            if limits.sm_percent[d] != p {
+                return Some(format!(
+                    "device {d}: compute limit {}% in the region, {p}% in the limits file",
+                    limits.sm_percent[d]
+                ));
+            }
+        }
+    }
+    None
+}
+
 impl Engine {
     pub fn new(config: &Config) -> Self {
         crate::log::set_level(config.log_level);
@@ -139,6 +162,16 @@ impl Engine {
             }
         };
         let limits = *region.limits();
+        if let Some(pinned) = &config.pinned {
+            if let Some(why) = differs_from_pinned(&limits, pinned) {
+                let reason = format!(
+                    "{}: {why}; the region's limits were changed after the node wrote them (the limits file is the node's): refusing all device allocations",
+                    region.path().display()
+                );
+                hlog!(log::ERROR, "{reason}");
+                return Self::fail_closed(reason);
+            }
+        }
         if limits != wanted && config.has_memory_limit() {
             hlog!(
                 log::WARN,
@@ -504,6 +537,45 @@ mod tests {
     fn fail_closed_refuses_everything() {
         let e = Engine::fail_closed("test".into());
         assert_eq!(e.reserve(0, 1), Err(Refusal::FailClosed));
+    }
+
+    /// A container rewrites its region's header (it is 0666; the checksum is
+    /// unkeyed) to lift its own limit: the node's limits file says otherwise.
+    #[test]
+    fn a_region_whose_limits_differ_from_the_limits_file_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vgpu.cache");
+        let mut lifted = Limits::unlimited();
+        lifted.memory_bytes[0] = 8 << 30;
+        drop(Region::open_or_create(&path, &lifted).unwrap());
+        let mut pinned = crate::config::PinnedLimits::default();
+        pinned.memory_bytes[0] = Some(1000 << 20);
+        let config = |pinned| Config {
+            memory_limit: {
+                let mut m = [None; MAX_DEVICES];
+                m[0] = Some(1000 << 20);
+                m
+            },
+            shared_cache: Some(path.clone()),
+            pinned,
+            ..Config::default()
+        };
+        let e = Engine::new(&config(Some(pinned)));
+        assert_eq!(e.reserve(0, 1), Err(Refusal::FailClosed));
+        // Without a limits file (a bare LD_PRELOAD) the region's limits apply.
+        let e = Engine::new(&config(None));
+        assert_eq!(e.memory_limit(0), Some(8 << 30));
+        // The node's own region agrees with its file.
+        let fresh = dir.path().join("fresh.cache");
+        let mut node = Limits::unlimited();
+        node.memory_bytes[0] = 1000 << 20;
+        drop(Region::open_or_create(&fresh, &node).unwrap());
+        let e = Engine::new(&Config {
+            shared_cache: Some(fresh),
+            ..config(Some(pinned))
+        });
+        assert_eq!(e.memory_limit(0), Some(1000 << 20));
+        e.reserve(0, 1).unwrap();
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl SpecWriter {
         };
         let spec = builder::build(&allocation, &self.inventory, &self.layout)
             .map_err(|e| e.to_string())?;
-        store::prepare_state(&allocation, &self.layout).map_err(|e| e.to_string())?;
+        store::prepare_state(&allocation, &self.layout, &spec).map_err(|e| e.to_string())?;
         let owner_path = self
             .layout
             .allocation_dir(name)

@@ -11,10 +11,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hami_api::limits_file::{self, LIMITS_FILE_IN_CONTAINER};
 use hami_cdi::builder::{
-    self, DeviceNodes, EditSource, QuotaEnv, RegionMount, VendorExtras, DEFAULT_KIND,
-    LIBRARY_IN_CONTAINER,
+    self, DeviceNodes, EditSource, RegionMount, VendorExtras, DEFAULT_KIND, LIBRARY_IN_CONTAINER,
 };
 use hami_cdi::discovery::{self, Inventory};
 use hami_cdi::store;
@@ -28,8 +26,8 @@ use crate::request::{self, Decision, DeviceRef, DeviceRequest};
 use crate::state::{Config, State};
 use crate::{cgroup, namespace};
 
-/// Where the hook's limits file lives in an allocation's host directory.
-pub const LIMITS_FILE: &str = "limits.env";
+/// Where the limits file lives in an allocation's host directory.
+pub use hami_cdi::builder::LIMITS_FILE;
 
 #[derive(Debug, Error)]
 pub enum HookError {
@@ -160,12 +158,12 @@ pub fn run(stage: Stage, cfg: &HookConfig, state: &State) -> Result<Outcome, Hoo
         });
     }
     let plan = builder::plan(&allocation, &inventory, &layout)?;
-    let limits = limits_file_text(&plan)?;
-    let injection = injection_plan(&plan, &layout, &name);
-    store::prepare_state(&allocation, &layout)?;
+    let spec = builder::build(&allocation, &inventory, &layout)?;
+    let injection = injection_plan(&plan, &layout);
     let kubernetes = request::is_kubernetes(&annotations);
-    let result = write_limits_file(&layout.allocation_dir(&name).join(LIMITS_FILE), &limits)
-        .map_err(io_error("writing the limits file"))
+    // The limits file comes with the state: the spec's quota environment.
+    let result = store::prepare_state(&allocation, &layout, &spec)
+        .map_err(HookError::from)
         .and_then(|()| inject_into(stage, cfg, state, &config, &injection, kubernetes));
     match result {
         Ok(done) => Ok(Outcome::Injected { name, done }),
@@ -210,35 +208,16 @@ fn resolve(requests: &[DeviceRequest], inventory: &Inventory) -> Result<Vec<Gran
         .collect()
 }
 
-/// The quota environment of the CDI spec, as a limits file.
-fn limits_file_text(plan: &builder::Plan<'_>) -> Result<String, HookError> {
-    let env = QuotaEnv.edits(plan).env;
-    let pairs: Vec<(&str, &str)> = env.iter().filter_map(|e| e.split_once('=')).collect();
-    limits_file::render("hami-oci-hook", pairs)
-        .map_err(|e| HookError::Device(format!("cannot write the limits file: {e}")))
-}
-
-fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout, name: &str) -> Plan {
-    let mut mounts = vec![
-        MountPlan {
-            source: layout.library.clone(),
-            target: LIBRARY_IN_CONTAINER.to_owned(),
-            flags: MountFlags {
-                writable: false,
-                executable: true,
-            },
-            follow_source_symlinks: true,
+fn injection_plan(plan: &builder::Plan<'_>, layout: &Layout) -> Plan {
+    let mut mounts = vec![MountPlan {
+        source: layout.library.clone(),
+        target: LIBRARY_IN_CONTAINER.to_owned(),
+        flags: MountFlags {
+            writable: false,
+            executable: true,
         },
-        MountPlan {
-            source: layout.allocation_dir(name).join(LIMITS_FILE),
-            target: LIMITS_FILE_IN_CONTAINER.to_owned(),
-            flags: MountFlags {
-                writable: false,
-                executable: false,
-            },
-            follow_source_symlinks: false,
-        },
-    ];
+        follow_source_symlinks: true,
+    }];
     // The region and lock directories are the hook's own state (never a
     // symlink); the vendor's driver files are the node's installation.
     let region = RegionMount
@@ -343,22 +322,6 @@ fn check_granted(devices: &[inject::PreparedDevice], config: &Config) -> Result<
         }
     }
     Ok(())
-}
-
-/// The limits file, 0644 and never through a symlink: only root on the node
-/// may change a container's quota.
-fn write_limits_file(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
 }
 
 /// Finds the rootfs in the current mount namespace: at its bundle path

@@ -134,7 +134,7 @@ impl Scenario {
                 }],
             };
             let spec = builder::build(&allocation, &inventory, &layout)?;
-            store::prepare_state(&allocation, &layout)?;
+            store::prepare_state(&allocation, &layout, &spec)?;
             specs.write(&spec)?;
         }
 

@@ -173,8 +173,51 @@ fn an_allocate_runs_under_podman_with_its_quota() {
         "104857600",
     ]);
     let report = monitor::scan(&state);
+    // The image or pod environment tries to lift the quota: CDI pins
+    // CUDA_DISABLE_CONTROL and the mounted limits file outranks the env.
+    let lifted_env = podman.run(&[
+        "--device",
+        &device,
+        "--env",
+        "CUDA_DISABLE_CONTROL=true",
+        "--env",
+        "CUDA_DEVICE_MEMORY_LIMIT_0=8g",
+        "--rootfs",
+        &rootfs_arg,
+        "/usr/bin/cuda_app",
+        "alloc-until-oom",
+        "104857600",
+    ]);
+    // The container rewrites its region (0666, mounted writable) with a
+    // larger limit and a valid checksum: hami-core fails closed.
+    let region = state.join(&allocation).join("region").join("vgpu.cache");
+    std::fs::remove_file(&region).unwrap();
+    let mut lifted = hami_region::layout::Limits::unlimited();
+    lifted.memory_bytes[0] = 8 << 30;
+    drop(hami_region::Region::open_or_create(&region, &lifted).unwrap());
+    let lifted_region = podman.run(&[
+        "--device",
+        &device,
+        "--rootfs",
+        &rootfs_arg,
+        "/usr/bin/cuda_app",
+        "alloc-until-oom",
+        "104857600",
+    ]);
     let _ = writer.remove(&allocation);
     drop(podman);
+    let lifted_env = String::from_utf8_lossy(&lifted_env.unwrap().stdout).into_owned();
+    assert_eq!(
+        field(&lifted_env, "alloc-until-oom", "count"),
+        10,
+        "{lifted_env}"
+    );
+    let lifted_region = String::from_utf8_lossy(&lifted_region.unwrap().stdout).into_owned();
+    assert_eq!(
+        field(&lifted_region, "alloc-until-oom", "count"),
+        0,
+        "a tampered region must refuse everything: {lifted_region}"
+    );
     let out = out.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
