@@ -286,6 +286,29 @@ async fn filter_handler(
         Err(e) => return error(StatusCode::OK, e.to_string()),
     };
     let profile = &app.settings.profiles[usize::from(vendor)];
+    // The webhook's privilege denial, again: a pod from a namespace without
+    // the webhook, or admitted before it was installed, gets no shared device.
+    let asking: Vec<&k8s_openapi::api::core::v1::Container> = args
+        .pod
+        .spec
+        .iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+        .filter(|c| mutate::asks_for_shared(c, &app.settings.profiles))
+        .collect();
+    if let Some(why) = crate::admission::privilege::escape(&args.pod, &asking) {
+        let message = crate::admission::privilege::denial(&why);
+        if !app.settings.dry_run {
+            let meta = &args.pod.metadata;
+            app.cluster.warn_pod(
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or_default(),
+                meta.uid.as_deref().unwrap_or_default(),
+                FILTERING_FAILED,
+                message.clone(),
+            );
+        }
+        return error(StatusCode::OK, message);
+    }
     if !app.cluster.ready() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -164,6 +164,49 @@ fn sealed_decisions_verify_for_their_pod_only() {
     });
 }
 
+/// A privileged (or hostPID, or /dev-mounting) pod that skipped the webhook
+/// is still refused by /filter, with nothing written.
+#[test]
+fn filter_refuses_pods_whose_limits_cannot_hold() {
+    runtime().block_on(async {
+        for (field, value) in [
+            (
+                "/Pod/spec/containers/0/securityContext",
+                json!({"privileged": true}),
+            ),
+            (
+                "/Pod/spec/containers/0/securityContext",
+                json!({"capabilities": {"add": ["SYS_ADMIN"]}}),
+            ),
+            ("/Pod/spec/hostPID", json!(true)),
+            (
+                "/Pod/spec/volumes",
+                json!([{"name": "dev", "hostPath": {"path": "/dev"}}]),
+            ),
+        ] {
+            let mut args = gpu_args();
+            let (parent, key) = field.rsplit_once('/').unwrap();
+            args.pointer_mut(parent).unwrap()[key] = value.clone();
+            let c = cluster(true, false);
+            let (status, reply) = post(
+                c.clone(),
+                Settings::default(),
+                args.to_string().into_bytes(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(
+                reply["Error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("limits cannot hold"),
+                "{value}: {reply}"
+            );
+            assert!(c.writes.lock().unwrap().is_empty(), "{value}");
+        }
+    });
+}
+
 #[test]
 fn binpack_prefers_the_busier_node_when_both_fit() {
     runtime().block_on(async {

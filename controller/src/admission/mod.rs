@@ -7,6 +7,7 @@ pub mod dra;
 pub mod json_patch;
 pub mod mutate;
 pub mod owned;
+pub mod privilege;
 pub mod quota;
 pub mod review;
 pub mod tls;

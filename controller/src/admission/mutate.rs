@@ -69,7 +69,7 @@ pub enum Verdict {
 }
 
 /// Whether `c` names any resource a family manages.
-fn asks_for_shared(c: &Container, profiles: &[VendorProfile]) -> bool {
+pub(crate) fn asks_for_shared(c: &Container, profiles: &[VendorProfile]) -> bool {
     let names = |r: &Option<
         std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     >| {
@@ -179,12 +179,6 @@ pub fn review(object: &Value, config: &WebhookConfig, facts: &Facts) -> Verdict 
         Ok(p) => p,
         Err(e) => return Verdict::Deny(format!("hami-controller: the object is not a Pod: {e}")),
     };
-    let ignored = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(keys::WEBHOOK_IGNORE_LABEL))
-        .is_some_and(|v| v == keys::WEBHOOK_IGNORE_VALUE);
     let Some(spec) = &pod.spec else {
         return Verdict::Untouched;
     };
@@ -204,7 +198,9 @@ pub fn review(object: &Value, config: &WebhookConfig, facts: &Facts) -> Verdict 
                 .map(move |(i, c)| (*list, i, c))
         })
         .collect();
-    if ignored || sharing.is_empty() {
+    // The opt-out is the namespace's (the webhook's namespaceSelector), never
+    // a label the pod's author sets on the pod.
+    if sharing.is_empty() {
         return Verdict::Untouched;
     }
     if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
@@ -213,18 +209,9 @@ pub fn review(object: &Value, config: &WebhookConfig, facts: &Facts) -> Verdict 
             config.scheduler_name
         ));
     }
-    for (_, _, c) in &sharing {
-        let privileged = c
-            .security_context
-            .as_ref()
-            .and_then(|s| s.privileged)
-            .unwrap_or(false);
-        if privileged {
-            return Verdict::Deny(format!(
-                "hami-controller: container {} is privileged and asks for shared devices: a privileged container sees every device on the node, so its memory and compute limits cannot hold; drop privileged or ask for no shared device",
-                c.name
-            ));
-        }
+    let asking: Vec<&Container> = sharing.iter().map(|(_, _, c)| *c).collect();
+    if let Some(why) = super::privilege::escape(&pod, &asking) {
+        return Verdict::Deny(super::privilege::denial(&why));
     }
     let (vendor, request) = match pod_request_any(&pod, &config.profiles) {
         Ok(Some(r)) => r,
@@ -569,12 +556,14 @@ mod tests {
             review(&pod_with(json!({"cpu": "1"})), &config, &Facts::default()),
             Verdict::Untouched
         );
-        let mut ignored = pod_with(json!({"nvidia.com/gpu": "1"}));
-        ignored["metadata"]["labels"] = json!({"hami.io/webhook": "ignore"});
-        assert_eq!(
-            review(&ignored, &config, &Facts::default()),
-            Verdict::Untouched
-        );
+        // A pod's own opt-out label no longer skips the checks.
+        let mut labelled = pod_with(json!({"nvidia.com/gpu": "1"}));
+        labelled["metadata"]["labels"] = json!({"hami.io/webhook": "ignore"});
+        labelled["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        assert!(matches!(
+            review(&labelled, &config, &Facts::default()),
+            Verdict::Deny(_)
+        ));
         // Already aimed at hami with everything set: nothing to patch.
         let mut done = pod_with(json!({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "100"}));
         done["spec"]["schedulerName"] = json!("hami-scheduler");
