@@ -462,7 +462,9 @@ fn map(file: Option<&File>, prot: libc::c_int) -> io::Result<NonNull<u8>> {
 }
 
 /// Opens a file every process of the container (or node) shares: created if
-/// missing, readable and writable by all, never inherited across exec.
+/// missing, readable and writable by all, never inherited across exec, and
+/// never through a symlink (in the node-wide lock directory another tenant
+/// could aim one at a file of its choosing).
 pub fn open_shared(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
@@ -470,9 +472,24 @@ pub fn open_shared(path: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o666)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                Ok(f)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: not a regular file", path.display()),
+                ))
+            }
+        })
 }
+
+/// How long a process waits for the node-wide context lock. Another tenant
+/// can hold it for ever; the lock only sharpens which process a new context
+/// belongs to, so after this the context is created without it.
+pub const LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `flock(LOCK_EX)` on a lock file this guard owns, released on drop or by the
 /// kernel if the process dies. hami-core holds one node-wide around context creation.
@@ -482,10 +499,23 @@ pub struct LockFile {
 }
 
 impl LockFile {
-    /// Opens (creating, mode 0666) and locks `path`, waiting for other holders.
-    pub fn acquire(path: &Path) -> io::Result<Self> {
+    /// Opens (creating, mode 0666) and locks `path`, waiting for other
+    /// holders at most `deadline`; then `ErrorKind::TimedOut`.
+    pub fn acquire(path: &Path, deadline: std::time::Duration) -> io::Result<Self> {
         let file = open_shared(path)?;
-        let guard = FileLock::exclusive(&file)?;
+        let until = std::time::Instant::now() + deadline;
+        let guard = loop {
+            match FileLock::try_exclusive(&file)? {
+                Some(g) => break g,
+                None if std::time::Instant::now() >= until => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{}: held by another process for over {deadline:?}", path.display()),
+                    ))
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        };
         // Field order: the guard unlocks before the file closes.
         Ok(Self {
             _guard: guard,
@@ -498,6 +528,20 @@ impl LockFile {
 struct FileLock(libc::c_int);
 
 impl FileLock {
+    /// `Ok(None)` while another open file holds the lock.
+    fn try_exclusive(file: &File) -> io::Result<Option<Self>> {
+        // SAFETY: flock on an open fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(FileLock(file.as_raw_fd())));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
     fn exclusive(file: &File) -> io::Result<Self> {
         // SAFETY: flock on an open fd.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {

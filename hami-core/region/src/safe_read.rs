@@ -92,8 +92,9 @@ pub fn read_beneath(root: &Path, relative: &Path, size: Size) -> io::Result<Vec<
     let want = match size {
         Size::Exactly(n) if len != n => {
             return Err(invalid(format!(
-                "{}: {len} bytes, expected exactly {n}",
-                relative.display()
+                "{}: {}{len} bytes, expected exactly {n}",
+                relative.display(),
+                if len < n { "truncated: " } else { "" }
             )))
         }
         Size::AtMost(n) if len > n => {

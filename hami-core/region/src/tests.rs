@@ -212,3 +212,39 @@ fn start_time_of_self_and_of_the_gone() {
     assert!(process_start_time(dead_pid()).is_none());
     assert!(process_start_time(0).is_none());
 }
+
+/// Another tenant holds the node-wide context lock for ever: a waiter gives
+/// up after its deadline instead of hanging its context creation.
+#[test]
+fn the_context_lock_has_a_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("context.lock");
+    let _held = LockFile::acquire(&path, std::time::Duration::from_secs(1)).unwrap();
+    let started = std::time::Instant::now();
+    let err = LockFile::acquire(&path, std::time::Duration::from_millis(100))
+        .err()
+        .expect("a held lock times out");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    drop(_held);
+    LockFile::acquire(&path, std::time::Duration::from_millis(100)).unwrap();
+}
+
+/// A symlink planted where a shared file goes (the lock directory is every
+/// tenant's) is never followed, and a FIFO there does not block.
+#[test]
+fn shared_files_are_never_opened_through_a_symlink_or_as_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "other tenant's file\n").unwrap();
+    let link = dir.path().join("context.lock");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    assert!(open_shared(&link).is_err());
+    assert!(LockFile::acquire(&link, std::time::Duration::from_millis(10)).is_err());
+    let fifo = dir.path().join("fifo");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    let err = open_shared(&fifo).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "other tenant's file\n");
+}

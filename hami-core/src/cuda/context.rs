@@ -91,7 +91,7 @@ fn creating(
 }
 
 fn node_lock(path: &std::path::Path) -> Option<crate::region::LockFile> {
-    crate::region::LockFile::acquire(path)
+    crate::region::LockFile::acquire(path, crate::region::LOCK_DEADLINE)
         .map_err(|e| crate::hlog!(crate::log::WARN, "cannot lock {}: {e}", path.display()))
         .ok()
 }
