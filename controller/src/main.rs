@@ -114,6 +114,10 @@ enum Command {
         /// and the node agent's. Repeat for each; nobody else may.
         #[arg(long = "trusted-user")]
         trusted_users: Vec<String>,
+        /// The node agents' service account: it may write bind-phase on the
+        /// pods of its own node and annotations on that node only.
+        #[arg(long)]
+        node_agent_user: Option<String>,
         /// Seal every decision with the key in this Secret (created in the
         /// Lease namespace when missing); the node agents mount it and
         /// answer Allocate only for sealed decisions, and only sealed
@@ -332,6 +336,7 @@ fn main() -> Result<()> {
             tls_key,
             scheduler_name,
             trusted_users,
+            node_agent_user,
             decision_key_secret,
             decision_key_file,
             runtime_class,
@@ -384,6 +389,7 @@ fn main() -> Result<()> {
                     profiles: settings.profiles.clone(),
                     dra,
                     trusted_users,
+                    node_agent_user,
                 },
                 namespace: lease_namespace,
             });

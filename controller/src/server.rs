@@ -550,12 +550,25 @@ async fn validate_handler(
         Ok(r) => r,
         Err(reply) => return reply,
     };
-    let verdict = crate::admission::owned::check(
-        &request.operation,
-        &request.user_info.username,
-        request.object.as_ref(),
-        request.old_object.as_ref(),
-        &app.config.trusted_users,
+    let user_node = request
+        .user_info
+        .extra
+        .get(review::NODE_NAME_EXTRA)
+        .and_then(|v| v.first())
+        .map(String::as_str);
+    let verdict = crate::admission::owned::check_write(
+        &crate::admission::owned::Write {
+            operation: &request.operation,
+            kind: &request.kind.kind,
+            user: &request.user_info.username,
+            user_node,
+            object: request.object.as_ref(),
+            old: request.old_object.as_ref(),
+        },
+        &crate::admission::owned::Writers {
+            trusted: app.config.trusted_users.clone(),
+            node_agent: app.config.node_agent_user.clone(),
+        },
     );
     let response = match verdict {
         Ok(()) => AdmissionResponse::allow(&request.uid, &[]),

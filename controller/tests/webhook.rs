@@ -431,9 +431,11 @@ fn the_shipped_device_class_is_the_one_claims_name() {
 #[test]
 fn validate_keeps_the_scheduler_annotations_the_controllers() {
     const CONTROLLER: &str = "system:serviceaccount:kube-system:hami-scheduler";
+    const AGENT: &str = "system:serviceaccount:kube-system:hami-node";
     runtime().block_on(async {
         let config = WebhookConfig {
             trusted_users: vec![CONTROLLER.to_owned()],
+            node_agent_user: Some(AGENT.to_owned()),
             ..WebhookConfig::default()
         };
         let send = |review: Value| {
@@ -487,6 +489,23 @@ fn validate_keeps_the_scheduler_annotations_the_controllers() {
         // ... or changes only what is theirs: allowed.
         update["request"]["object"] = forged["request"]["object"].clone();
         update["request"]["object"]["metadata"]["labels"] = json!({"team": "a"});
-        assert_eq!(send(update).await["allowed"], true);
+        assert_eq!(send(update.clone()).await["allowed"], true);
+
+        // The node agent of node-a, by its bound token, on a pod of node-b.
+        let mut agent = update.clone();
+        agent["request"]["userInfo"] = json!({"username": AGENT,
+            "extra": {"authentication.kubernetes.io/node-name": ["node-a"]}});
+        agent["request"]["object"]["spec"]["nodeName"] = json!("node-b");
+        let reply = send(agent.clone()).await;
+        assert_eq!(reply["allowed"], false, "{reply}");
+        assert!(
+            reply["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("node-a"),
+            "{reply}"
+        );
+        agent["request"]["object"]["spec"]["nodeName"] = json!("node-a");
+        assert_eq!(send(agent).await["allowed"], true);
     });
 }

@@ -384,14 +384,31 @@ fn check_webhook(set: &str, values: &Value, docs: &[(String, Value)]) {
             spec["serviceAccountName"].as_str().unwrap()
         )
     };
-    let want = vec![
-        sa(pod_spec, &deployment["metadata"]["namespace"]),
-        sa(
-            &daemonset["spec"]["template"]["spec"],
-            &daemonset["metadata"]["namespace"],
-        ),
-    ];
-    assert_eq!(trusted, want, "{set}");
+    let controller_sa = sa(pod_spec, &deployment["metadata"]["namespace"]);
+    let node_sa = sa(
+        &daemonset["spec"]["template"]["spec"],
+        &daemonset["metadata"]["namespace"],
+    );
+    assert_eq!(trusted, std::slice::from_ref(&controller_sa), "{set}");
+    assert_eq!(
+        flag(&args(container(pod_spec, "controller")), "node-agent-user"),
+        Some(node_sa.clone()),
+        "{set}"
+    );
+    let condition = owned["matchConditions"][0]["expression"].as_str().unwrap();
+    for user in [&controller_sa, &node_sa] {
+        assert!(
+            condition.contains(&format!("\"{user}\"")),
+            "{set}: {condition}"
+        );
+    }
+    let resources: Vec<&Value> = owned["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["resources"][0])
+        .collect();
+    assert_eq!(resources, [&json!("pods"), &json!("nodes")], "{set}");
     // The node agents mount the very Secret the controller seals with.
     let secret = flag(
         &args(container(pod_spec, "controller")),
@@ -418,13 +435,6 @@ fn check_webhook(set: &str, values: &Value, docs: &[(String, Value)]) {
         format!("{}/key", mount["mountPath"].as_str().unwrap()),
         "{set}"
     );
-    let condition = owned["matchConditions"][0]["expression"].as_str().unwrap();
-    for user in &want {
-        assert!(
-            condition.contains(&format!("\"{user}\"")),
-            "{set}: {condition}"
-        );
-    }
     assert_eq!(
         hook["namespaceSelector"]["matchExpressions"][1]["values"],
         values["scheduler"]["admissionWebhook"]["whitelistNamespaces"],

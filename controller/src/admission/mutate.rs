@@ -33,6 +33,8 @@ pub struct WebhookConfig {
     /// Users (the controller's and node agent's service accounts) allowed
     /// to write controller-owned annotations (see [`super::owned`]).
     pub trusted_users: Vec<String>,
+    /// The node agents' service account (see [`super::owned::Writers`]).
+    pub node_agent_user: Option<String>,
 }
 
 impl Default for WebhookConfig {
@@ -44,6 +46,7 @@ impl Default for WebhookConfig {
             profiles: VendorProfile::defaults(),
             dra: false,
             trusted_users: Vec::new(),
+            node_agent_user: None,
         }
     }
 }

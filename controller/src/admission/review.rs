@@ -55,7 +55,14 @@ pub struct UserInfo {
     pub username: String,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// For a pod's bound service-account token, the API server adds
+    /// `authentication.kubernetes.io/node-name` (Kubernetes ≥ 1.30).
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
+
+/// The extra key naming the node of the pod whose token made the request.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {

@@ -510,7 +510,10 @@ impl LockFile {
                 None if std::time::Instant::now() >= until => {
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        format!("{}: held by another process for over {deadline:?}", path.display()),
+                        format!(
+                            "{}: held by another process for over {deadline:?}",
+                            path.display()
+                        ),
                     ))
                 }
                 None => std::thread::sleep(std::time::Duration::from_millis(5)),

@@ -242,9 +242,15 @@ fn shared_files_are_never_opened_through_a_symlink_or_as_a_fifo() {
     assert!(open_shared(&link).is_err());
     assert!(LockFile::acquire(&link, std::time::Duration::from_millis(10)).is_err());
     let fifo = dir.path().join("fifo");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
     let err = open_shared(&fifo).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "other tenant's file\n");
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "other tenant's file\n"
+    );
 }
