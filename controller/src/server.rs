@@ -262,6 +262,21 @@ where
     }
 }
 
+/// The `FilteringFailed` event on the pod (not on a dry run).
+fn filtering_failed(app: &App, args: &ExtenderArgs, message: String) {
+    if app.settings.dry_run {
+        return;
+    }
+    let meta = &args.pod.metadata;
+    app.cluster.warn_pod(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default(),
+        FILTERING_FAILED,
+        message,
+    );
+}
+
 async fn filter_handler(
     State(app): State<Arc<App>>,
     body: Result<Bytes, BytesRejection>,
@@ -297,16 +312,7 @@ async fn filter_handler(
         .collect();
     if let Some(why) = crate::admission::privilege::escape(&args.pod, &asking) {
         let message = crate::admission::privilege::denial(&why);
-        if !app.settings.dry_run {
-            let meta = &args.pod.metadata;
-            app.cluster.warn_pod(
-                meta.namespace.as_deref().unwrap_or("default"),
-                meta.name.as_deref().unwrap_or_default(),
-                meta.uid.as_deref().unwrap_or_default(),
-                FILTERING_FAILED,
-                message.clone(),
-            );
-        }
+        filtering_failed(&app, &args, message.clone());
         return error(StatusCode::OK, message);
     }
     if !app.cluster.ready() {
@@ -359,20 +365,11 @@ async fn filter_handler(
         failed.insert(known[*i].0.clone(), (*reason).to_owned());
     }
     let Some(chosen) = outcome.chosen else {
-        if !app.settings.dry_run {
-            let mut reasons = hami_api::FailureReasons::new(candidates.len());
-            for reason in failed.values() {
-                reasons.add(reason);
-            }
-            let meta = &args.pod.metadata;
-            app.cluster.warn_pod(
-                meta.namespace.as_deref().unwrap_or("default"),
-                meta.name.as_deref().unwrap_or_default(),
-                meta.uid.as_deref().unwrap_or_default(),
-                FILTERING_FAILED,
-                reasons.encode(),
-            );
+        let mut reasons = hami_api::FailureReasons::new(candidates.len());
+        for reason in failed.values() {
+            reasons.add(reason);
         }
+        filtering_failed(&app, &args, reasons.encode());
         return Json(reply(&args, &[], failed)).into_response();
     };
     // The scheduler gets exactly one node, the one the devices were chosen on;

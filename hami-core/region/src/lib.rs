@@ -69,15 +69,11 @@ impl Region {
     /// Opens `path`, creating and initialising it with `limits` if it is new.
     /// An existing region keeps the limits it was created with.
     pub fn open_or_create(path: &Path, limits: &Limits) -> Result<Self, RegionError> {
-        let io_err = |context| {
-            let path = path.to_path_buf();
-            move |source| RegionError::Io {
-                path,
-                context,
-                source,
-            }
-        };
-        let file = open_shared(path).map_err(io_err("open"))?;
+        let file = open_shared(path).map_err(|source| RegionError::Io {
+            path: path.to_path_buf(),
+            context: "open",
+            source,
+        })?;
         Self::from_file(path, file, limits)
     }
 
