@@ -275,12 +275,13 @@ pub fn prepare_state(
 /// The spec's environment as the node's limits file: what hami-core reads
 /// with precedence over the process environment.
 pub fn limits_text(spec: &Spec) -> Result<String, StoreError> {
-    let env = spec
+    let pairs: Vec<(&str, &str)> = spec
         .devices
-        .first()
-        .map(|d| d.container_edits.env.clone())
-        .unwrap_or_default();
-    let pairs: Vec<(&str, &str)> = env.iter().filter_map(|e| e.split_once('=')).collect();
+        .iter()
+        .take(1)
+        .flat_map(|d| &d.container_edits.env)
+        .filter_map(|e| e.split_once('='))
+        .collect();
     hami_api::limits_file::render("hami-cdi", pairs).map_err(|e| StoreError::Parse {
         path: PathBuf::from(crate::builder::LIMITS_FILE),
         reason: e.to_string(),

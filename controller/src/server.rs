@@ -390,8 +390,8 @@ async fn filter_handler(
         let mut write = decision;
         write.insert(keys::VGPU_NODE.to_owned(), node_name.clone());
         write.insert(keys::CONTAINER_NAMES.to_owned(), containers.join(","));
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         if let Some(key) = &app.settings.decision_key {
-            let uid = pod.metadata.uid.as_deref().unwrap_or_default();
             let seal = key.seal_annotations(uid, &node_name, &write);
             write.insert(keys::DECISION_SEAL.to_owned(), seal);
         }
@@ -409,7 +409,6 @@ async fn filter_handler(
                 format!("writing the decision to the pod: {e}"),
             );
         }
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         app.settings.decisions.record(uid, [node_name.clone()]);
     }
     Json(reply(&args, &[node_name], failed)).into_response()
@@ -563,8 +562,8 @@ async fn validate_handler(
             old: request.old_object.as_ref(),
         },
         &crate::admission::owned::Writers {
-            trusted: app.config.trusted_users.clone(),
-            node_agent: app.config.node_agent_user.clone(),
+            trusted: &app.config.trusted_users,
+            node_agent: app.config.node_agent_user.as_deref(),
         },
     );
     let response = match verdict {

@@ -9,7 +9,7 @@ use std::path::Path;
 use futures_util::future::BoxFuture;
 
 use crate::device_plugin::SpecWriter;
-use crate::monitor::{Owner, OWNER_FILE};
+use crate::monitor::Owner;
 
 /// Whether a pod still needs its devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +60,7 @@ pub async fn sweep(writer: &SpecWriter, pods: &dyn PodLookup) -> Vec<String> {
 }
 
 fn read_owner(dir: &Path) -> Option<Owner> {
-    // An owner file that is missing reads as the default (no owner): here
-    // that must not count as an owner.
-    if std::fs::symlink_metadata(dir.join(OWNER_FILE)).is_err() {
-        return None;
-    }
-    crate::monitor::read_owner(dir).ok()
+    crate::monitor::read_owner_if_any(dir).ok().flatten()
 }
 
 /// Pods from the API server: 404 or a finished phase is gone.

@@ -53,8 +53,14 @@ const MAX_OWNER_BYTES: u64 = 64 << 10;
 pub const SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `dir/owner.json`, read as [`hami_region::safe_read`] reads anything a
-/// container might have touched: no symlink, no FIFO, bounded.
+/// container might have touched: no symlink, no FIFO, bounded. A missing
+/// file is the default owner (nobody).
 pub fn read_owner(dir: &Path) -> Result<Owner, String> {
+    read_owner_if_any(dir).map(Option::unwrap_or_default)
+}
+
+/// [`read_owner`], telling a missing file (`None`) from a default one.
+pub fn read_owner_if_any(dir: &Path) -> Result<Option<Owner>, String> {
     let path = dir.join(OWNER_FILE);
     let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
         return Err(format!("{}: no parent directory", dir.display()));
@@ -65,8 +71,10 @@ pub fn read_owner(dir: &Path) -> Result<Owner, String> {
         &relative,
         hami_region::safe_read::Size::AtMost(MAX_OWNER_BYTES),
     ) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Owner::default()),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }

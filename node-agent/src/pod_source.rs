@@ -94,8 +94,8 @@ pub fn check_trusted(pod: &Pod, allocation: &PodAllocation, trust: &Trust) -> Re
     }
     if let Some(key) = &trust.decision_key {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        key.check_pod(uid, &annotations)?;
+        let none = BTreeMap::new();
+        key.check_pod(uid, pod.metadata.annotations.as_ref().unwrap_or(&none))?;
     }
     Ok(())
 }

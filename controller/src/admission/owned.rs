@@ -36,13 +36,13 @@ pub fn changed_keys<'a>(object: Option<&'a Value>, old: Option<&'a Value>) -> Ve
 }
 
 /// Who may write what.
-#[derive(Debug, Clone, Default)]
-pub struct Writers {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Writers<'a> {
     /// May write every controller-owned key (the controller).
-    pub trusted: Vec<String>,
+    pub trusted: &'a [String],
     /// The node agents' account: each may touch only its own node and the
     /// pods on it, and of the controller-owned keys only the bind phase.
-    pub node_agent: Option<String>,
+    pub node_agent: Option<&'a str>,
 }
 
 /// What one admission request is.
@@ -58,17 +58,17 @@ pub struct Write<'a> {
 }
 
 /// `Err(message)` when the writer may not make this change.
-pub fn check_write(w: &Write<'_>, writers: &Writers) -> Result<(), String> {
+pub fn check_write(w: &Write<'_>, writers: &Writers<'_>) -> Result<(), String> {
     if !matches!(w.operation, "CREATE" | "UPDATE") {
         return Ok(());
     }
-    if writers.node_agent.as_deref() == Some(w.user) {
+    if writers.node_agent == Some(w.user) {
         return check_node_agent(w);
     }
     if w.kind != "Pod" {
         return Ok(());
     }
-    check(w.operation, w.user, w.object, w.old, &writers.trusted)
+    check(w.operation, w.user, w.object, w.old, writers.trusted)
 }
 
 /// A node agent's credentials are on its node: stolen from there, they must
@@ -197,9 +197,10 @@ mod tests {
     #[test]
     fn a_node_agent_writes_only_its_own_node_and_its_pods() {
         const AGENT: &str = "system:serviceaccount:hami:hami-node";
+        let trusted = [CONTROLLER.to_owned()];
         let writers = Writers {
-            trusted: vec![CONTROLLER.to_owned()],
-            node_agent: Some(AGENT.to_owned()),
+            trusted: &trusted,
+            node_agent: Some(AGENT),
         };
         let write = |kind, object: &Value, old: Option<&Value>, node| {
             check_write(
