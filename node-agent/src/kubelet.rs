@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Endpoint, Uri};
 
 use crate::device_plugin::api::device_plugin_server::DevicePluginServer;
@@ -48,7 +47,8 @@ pub async fn register(dir: &Path, endpoint: &str, resource: &str) -> Result<(), 
     Ok(())
 }
 
-/// Serves `plugin` on `<dir>/<endpoint>` (replacing a stale socket).
+/// Serves `plugin` on `<dir>/<endpoint>` (replacing a stale socket), through
+/// the relay that lets kubelet before 1.26 in ([`crate::grpc_authority`]).
 pub fn serve(
     plugin: Arc<Plugin>,
     dir: &Path,
@@ -60,7 +60,7 @@ pub fn serve(
     Ok(tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(DevicePluginServer::from_arc(plugin))
-            .serve_with_incoming(UnixListenerStream::new(listener))
+            .serve_with_incoming(crate::grpc_authority::incoming(listener))
             .await;
         if let Err(e) = result {
             tracing::warn!("device plugin server: {e}");

@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod device_plugin;
 pub mod doctor;
 pub mod dra;
+pub mod grpc_authority;
 pub mod kubelet;
 pub mod metrics;
 pub mod monitor;

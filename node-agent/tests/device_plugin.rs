@@ -14,6 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use hami_api::{BindPhase, ContainerDevice, PodAllocation};
 use hami_node::device_plugin::api::device_plugin_client::DevicePluginClient;
+use hami_node::device_plugin::api::device_plugin_server::DevicePluginServer;
 use hami_node::device_plugin::api::registration_server::{Registration, RegistrationServer};
 use hami_node::device_plugin::api::{
     AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest,
@@ -335,6 +336,100 @@ fn a_restarted_plugin_remembers_what_it_allocated() {
         assert_eq!(
             r.container_responses[0].cdi_devices[0].name,
             "hami.io/vgpu=default_train_a"
+        );
+    });
+}
+
+/// What kubelet before 1.26 sends: grpc-go dialing the bare socket path puts
+/// that path in `:authority`. Returns the response's header fields (headers
+/// and trailers), or the RST_STREAM error code if the server reset the call.
+async fn call_as_old_kubelet(socket: &std::path::Path) -> Result<Vec<(String, String)>, u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    let authority = socket.to_str().unwrap().as_bytes();
+    let mut encoder = loona_hpack::Encoder::new();
+    let block = encoder.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", b"/v1beta1.DevicePlugin/GetDevicePluginOptions"),
+        (b":authority", authority),
+        (b"content-type", b"application/grpc"),
+        (b"user-agent", b"grpc-go/1.27.1"),
+        (b"te", b"trailers"),
+    ]);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, b""));
+    out.extend(frame(0x1, 0x4, 1, &block));
+    out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0]));
+    let mut conn = tokio::net::UnixStream::connect(socket).await.unwrap();
+    conn.write_all(&out).await.unwrap();
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut fields = Vec::new();
+    loop {
+        let mut header = [0u8; 9];
+        conn.read_exact(&mut header).await.unwrap();
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await.unwrap();
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        match (header[3], stream) {
+            (0x4, 0) if header[4] & 0x1 == 0 => {
+                conn.write_all(&frame(0x4, 0x1, 0, b"")).await.unwrap()
+            }
+            (0x3, 1) => return Err(u32::from_be_bytes(payload[..4].try_into().unwrap())),
+            (0x1, 1) => {
+                for (n, v) in decoder.decode(&payload).unwrap() {
+                    fields.push((String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()));
+                }
+                if header[4] & 0x1 != 0 {
+                    return Ok(fields);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_kubelet_before_1_26_dialing_the_bare_socket_path_is_served() {
+    common::runtime().block_on(async {
+        let work = tempfile::tempdir().unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let plugin = Arc::new(Plugin {
+            devices: rx,
+            pods: Arc::new(Pods::default()),
+            writer: common::mock_writer(work.path()),
+            cdi: true,
+            taken: Mutex::new(HashMap::new()),
+        });
+        // Plain tonic on the socket: h2 resets the call (PROTOCOL_ERROR = 1),
+        // which is what kubelet 1.20 got before the relay.
+        let bare = work.path().join("bare.sock");
+        let listener = tokio::net::UnixListener::bind(&bare).unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(DevicePluginServer::from_arc(plugin.clone()))
+            .serve_with_incoming(UnixListenerStream::new(listener));
+        let bare_task = tokio::spawn(server);
+        assert_eq!(call_as_old_kubelet(&bare).await, Err(1));
+        bare_task.abort();
+
+        let _served = kubelet::serve(plugin, work.path(), "hami-nvidia.sock").unwrap();
+        let fields = call_as_old_kubelet(&work.path().join("hami-nvidia.sock"))
+            .await
+            .expect("the relay lets the call through");
+        assert!(
+            fields.contains(&(":status".into(), "200".into())),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&("grpc-status".into(), "0".into())),
+            "{fields:?}"
         );
     });
 }
