@@ -21,6 +21,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 
+use crate::pending::Delivery;
 use crate::schedule::vendor::VendorProfile;
 use crate::server::Cluster;
 use crate::state::{ClusterState, ContainerGrant};
@@ -283,6 +284,7 @@ impl Cluster for KubeCluster {
     fn bind(
         &self,
         args: crate::extender::ExtenderBindingArgs,
+        delivery: crate::pending::Delivery,
     ) -> BoxFuture<'static, Result<(), String>> {
         let client = self.client.clone();
         Box::pin(async move {
@@ -292,6 +294,7 @@ impl Cluster for KubeCluster {
                 &client,
                 &locks,
                 &args,
+                delivery,
                 crate::node_lock::LockPolicy::default(),
                 now,
             )
@@ -623,7 +626,8 @@ async fn record_bind_event(
     }
 }
 
-/// `/bind` against the API server:
+/// `/bind` against the API server, for a pod whose devices a device plugin
+/// delivers ([`Delivery::DevicePlugin`]):
 /// 1. take the node lock;
 /// 2. mark the pod `bind-phase=allocating` with its `bind-time`;
 /// 3. create the pod's Binding to the node.
@@ -631,10 +635,17 @@ async fn record_bind_event(
 /// On success the lock stays held until the node agent answers (success or
 /// failed in `bind-phase`), when the next binder may take it over; on any
 /// failure the pod is marked `failed` and the lock is released at once.
+///
+/// The annotation hook answers no Allocate, so for its pods
+/// ([`Delivery::Annotation`]) no lock is taken and the phase is written
+/// `success` with the Binding: a lock nobody releases would stall every
+/// device pod of the node for the lock's TTL. A pod with no devices
+/// ([`Delivery::Nothing`]) gets the Binding alone.
 pub async fn bind_pod(
     client: &Client,
     locks: &dyn crate::node_lock::LockStore,
     args: &crate::extender::ExtenderBindingArgs,
+    delivery: Delivery,
     policy: crate::node_lock::LockPolicy,
     now: impl Fn() -> chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
@@ -643,10 +654,13 @@ pub async fn bind_pod(
         .pod_uid
         .bytes()
         .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-    if let Err(e) = crate::node_lock::acquire(locks, node, ns, pod, policy, &now, seed).await {
-        let result = Err(format!("node lock: {e}"));
-        record_bind_event(client, args, &result, now()).await;
-        return result;
+    let locked = delivery == Delivery::DevicePlugin;
+    if locked {
+        if let Err(e) = crate::node_lock::acquire(locks, node, ns, pod, policy, &now, seed).await {
+            let result = Err(format!("node lock: {e}"));
+            record_bind_event(client, args, &result, now()).await;
+            return result;
+        }
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let phase = |p: hami_api::BindPhase| {
@@ -654,10 +668,17 @@ pub async fn bind_pod(
         a.insert(keys::BIND_PHASE.to_owned(), p.as_str().to_owned());
         a
     };
-    let mut allocating = phase(hami_api::BindPhase::Allocating);
-    allocating.insert(keys::BIND_TIME.to_owned(), now().timestamp().to_string());
+    let first_phase = match delivery {
+        Delivery::DevicePlugin => Some(hami_api::BindPhase::Allocating),
+        Delivery::Annotation => Some(hami_api::BindPhase::Success),
+        Delivery::Nothing => None,
+    };
     let result = async {
-        patch_annotations(&pods, pod, &annotation_patch(&allocating)).await?;
+        if let Some(p) = first_phase {
+            let mut annotations = phase(p);
+            annotations.insert(keys::BIND_TIME.to_owned(), now().timestamp().to_string());
+            patch_annotations(&pods, pod, &annotation_patch(&annotations)).await?;
+        }
         let binding = serde_json::json!({
             "apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": pod, "namespace": ns, "uid": args.pod_uid},
@@ -676,13 +697,17 @@ pub async fn bind_pod(
     .await;
     if let Err(e) = &result {
         // Best effort: the pod is told, and the node is free for the next pod.
-        let _ = patch_annotations(
-            &pods,
-            pod,
-            &annotation_patch(&phase(hami_api::BindPhase::Failed)),
-        )
-        .await;
-        let _ = crate::node_lock::release(locks, node, ns, pod).await;
+        if first_phase.is_some() {
+            let _ = patch_annotations(
+                &pods,
+                pod,
+                &annotation_patch(&phase(hami_api::BindPhase::Failed)),
+            )
+            .await;
+        }
+        if locked {
+            let _ = crate::node_lock::release(locks, node, ns, pod).await;
+        }
         tracing::warn!("bind of {ns}/{pod} to {node} failed: {e}");
     }
     record_bind_event(client, args, &result, now()).await;
@@ -975,9 +1000,76 @@ mod tests {
                 );
                 respond(send, 201, body);
             });
-            bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
-                .await
-                .unwrap();
+            bind_pod(
+                &client,
+                &locks,
+                &binding_args(),
+                Delivery::DevicePlugin,
+                LockPolicy::default(),
+                at,
+            )
+            .await
+            .unwrap();
+            server.await.unwrap();
+        });
+    }
+
+    /// A pod the annotation hook serves: no node lock (nothing would ever
+    /// release it), the phase is success, then the Binding.
+    #[test]
+    fn an_annotation_delivered_bind_takes_no_lock() {
+        block_on(async {
+            let (client, mut handle) = hami_kube_mock::pair("default");
+            let locks = KubeLockStore::new(client.clone());
+            let server = tokio::spawn(async move {
+                let (m, uri, body, send) = next(&mut handle).await;
+                assert_eq!(
+                    m,
+                    http::Method::PATCH,
+                    "the first call is the pod's, not the node's"
+                );
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1"),
+                    "{uri}"
+                );
+                assert_eq!(
+                    body,
+                    json!({"metadata": {"annotations": {
+                    "hami.io/bind-phase": "success", "hami.io/bind-time": "1795413601"}}})
+                );
+                respond(
+                    send,
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ext-1"}}),
+                );
+                let (m, uri, _, send) = next(&mut handle).await;
+                assert_eq!(m, http::Method::POST);
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/pods/ext-1/binding"),
+                    "{uri}"
+                );
+                respond(
+                    send,
+                    201,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}),
+                );
+                let (_, uri, body, send) = next(&mut handle).await;
+                assert!(
+                    uri.starts_with("/api/v1/namespaces/default/events"),
+                    "{uri}"
+                );
+                respond(send, 201, body);
+            });
+            bind_pod(
+                &client,
+                &locks,
+                &binding_args(),
+                Delivery::Annotation,
+                LockPolicy::default(),
+                at,
+            )
+            .await
+            .unwrap();
             server.await.unwrap();
         });
     }
@@ -1051,9 +1143,16 @@ mod tests {
                 );
                 respond(send, 201, body);
             });
-            let err = bind_pod(&client, &locks, &binding_args(), LockPolicy::default(), at)
-                .await
-                .unwrap_err();
+            let err = bind_pod(
+                &client,
+                &locks,
+                &binding_args(),
+                Delivery::DevicePlugin,
+                LockPolicy::default(),
+                at,
+            )
+            .await
+            .unwrap_err();
             assert!(err.contains("already assigned"), "{err}");
             server.await.unwrap();
         });

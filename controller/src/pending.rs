@@ -17,9 +17,25 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// More pending pods than any scheduler queue holds; beyond it the oldest go.
 const MAX_PENDING: usize = 100_000;
 
+/// Who hands the decided devices to the pod's containers, which decides
+/// what `/bind` must wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// kubelet's Allocate on a device plugin, which answers `bind-phase`:
+    /// the node lock is held until it does.
+    DevicePlugin,
+    /// The annotation hook, at container creation (Ascend `vnpu-mode:
+    /// hami-core`): no Allocate will ever answer, so no node lock is taken
+    /// and the bind phase is `success` as the pod is bound.
+    Annotation,
+    /// No devices (a pod passed through untouched): a plain Binding.
+    Nothing,
+}
+
 #[derive(Debug)]
 struct Pending {
     nodes: BTreeSet<String>,
+    delivery: Delivery,
     at: Instant,
 }
 
@@ -58,7 +74,7 @@ impl PendingDecisions {
 
     /// Records that `uid` may be bound to one of `nodes` (replacing an
     /// earlier decision for it: the scheduler filtered it again).
-    pub fn record(&self, uid: &str, nodes: impl IntoIterator<Item = String>) {
+    pub fn record(&self, uid: &str, nodes: impl IntoIterator<Item = String>, delivery: Delivery) {
         if uid.is_empty() {
             return;
         }
@@ -76,14 +92,16 @@ impl PendingDecisions {
             uid.to_owned(),
             Pending {
                 nodes: nodes.into_iter().collect(),
+                delivery,
                 at: now,
             },
         );
     }
 
-    /// Takes the decision for `uid` if it allows `node`; a refused bind
-    /// leaves the decision in place (kube-scheduler may retry it).
-    pub fn take(&self, uid: &str, node: &str) -> Result<(), BindRefused> {
+    /// Takes the decision for `uid` if it allows `node`, with how its devices
+    /// are delivered; a refused bind leaves the decision in place
+    /// (kube-scheduler may retry it).
+    pub fn take(&self, uid: &str, node: &str) -> Result<Delivery, BindRefused> {
         let now = Instant::now();
         let mut map = self.by_uid.lock().expect("not poisoned");
         let Some(p) = map.get(uid) else {
@@ -100,13 +118,14 @@ impl PendingDecisions {
                 asked: node.to_owned(),
             });
         }
+        let delivery = p.delivery;
         map.remove(uid);
-        Ok(())
+        Ok(delivery)
     }
 
     /// Puts a taken decision back after a bind that failed on the API side.
-    pub fn restore(&self, uid: &str, node: &str) {
-        self.record(uid, [node.to_owned()]);
+    pub fn restore(&self, uid: &str, node: &str, delivery: Delivery) {
+        self.record(uid, [node.to_owned()], delivery);
     }
 }
 
@@ -121,21 +140,21 @@ mod tests {
             d.take("u1", "n1"),
             Err(BindRefused::NoDecision("u1".into()))
         );
-        d.record("u1", ["n1".to_owned()]);
+        d.record("u1", ["n1".to_owned()], Delivery::DevicePlugin);
         assert!(matches!(
             d.take("u1", "n2"),
             Err(BindRefused::OtherNode { .. })
         ));
-        assert_eq!(d.take("u1", "n1"), Ok(()));
+        assert_eq!(d.take("u1", "n1"), Ok(Delivery::DevicePlugin));
         assert!(d.take("u1", "n1").is_err(), "used once");
-        d.record("", ["n1".to_owned()]);
+        d.record("", ["n1".to_owned()], Delivery::DevicePlugin);
         assert!(d.take("", "n1").is_err(), "no UID, no decision");
     }
 
     #[test]
     fn decisions_expire() {
         let d = PendingDecisions::new(Duration::from_millis(0));
-        d.record("u1", ["n1".to_owned()]);
+        d.record("u1", ["n1".to_owned()], Delivery::DevicePlugin);
         assert!(d.take("u1", "n1").is_err());
     }
 }

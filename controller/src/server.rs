@@ -24,7 +24,7 @@ use crate::admission::review::{self, AdmissionResponse, AdmissionReview};
 use crate::extender::{
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
 };
-use crate::pending::PendingDecisions;
+use crate::pending::{Delivery, PendingDecisions};
 use crate::schedule::device::Node;
 use crate::schedule::filter::{filter, Placing};
 use crate::schedule::fit::PodFit;
@@ -41,7 +41,13 @@ pub trait Cluster: Send + Sync + 'static {
     fn ready(&self) -> bool;
     /// Binds the pod to the node under the node lock (see
     /// [`crate::kube_cluster::bind_pod`]).
-    fn bind(&self, args: ExtenderBindingArgs) -> BoxFuture<'static, Result<(), String>>;
+    /// Binds the pod; `delivery` says whether a device plugin will answer
+    /// the bind phase (and so whether the node lock is taken).
+    fn bind(
+        &self,
+        args: ExtenderBindingArgs,
+        delivery: Delivery,
+    ) -> BoxFuture<'static, Result<(), String>>;
     /// Records a Warning event on the pod (best effort: a lost event never
     /// changes a scheduling decision).
     fn warn_pod(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: String);
@@ -202,15 +208,18 @@ async fn bind_handler(
         return reply(StatusCode::OK, "dry run: not binding".into());
     }
     let (uid, node) = (args.pod_uid.clone(), args.node.clone());
-    if let Err(refused) = app.settings.decisions.take(&uid, &node) {
-        tracing::warn!(pod = %args.pod_name, namespace = %args.pod_namespace, "{refused}");
-        return reply(StatusCode::OK, refused.to_string());
-    }
-    match app.cluster.bind(args).await {
+    let delivery = match app.settings.decisions.take(&uid, &node) {
+        Ok(d) => d,
+        Err(refused) => {
+            tracing::warn!(pod = %args.pod_name, namespace = %args.pod_namespace, "{refused}");
+            return reply(StatusCode::OK, refused.to_string());
+        }
+    };
+    match app.cluster.bind(args, delivery).await {
         Ok(()) => reply(StatusCode::OK, String::new()),
         Err(e) => {
             // The scheduler retries a failed bind with the same decision.
-            app.settings.decisions.restore(&uid, &node);
+            app.settings.decisions.restore(&uid, &node, delivery);
             reply(StatusCode::OK, e)
         }
     }
@@ -294,7 +303,7 @@ async fn filter_handler(
                 let uid = args.pod.metadata.uid.as_deref().unwrap_or_default();
                 app.settings
                     .decisions
-                    .record(uid, candidates.iter().cloned());
+                    .record(uid, candidates.iter().cloned(), Delivery::Nothing);
             }
             return Json(reply(&args, &candidates, BTreeMap::new())).into_response();
         }
@@ -409,7 +418,14 @@ async fn filter_handler(
                 format!("writing the decision to the pod: {e}"),
             );
         }
-        app.settings.decisions.record(uid, [node_name.clone()]);
+        let delivery = if request.hami_core {
+            Delivery::Annotation
+        } else {
+            Delivery::DevicePlugin
+        };
+        app.settings
+            .decisions
+            .record(uid, [node_name.clone()], delivery);
     }
     Json(reply(&args, &[node_name], failed)).into_response()
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use hami_controller::pending::Delivery;
+
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -425,6 +427,7 @@ fn bind_takes_the_captured_body_and_reports_errors_in_json() {
         settings.decisions.record(
             "5a53271d-20c3-4b39-b421-64490ff91216",
             ["fake-node-2".to_owned()],
+            hami_controller::pending::Delivery::DevicePlugin,
         );
         for _ in 0..2 {
             let (_, reply) =
@@ -527,6 +530,11 @@ fn bind_refuses_what_this_controller_did_not_decide() {
         )
         .await;
         assert_eq!(reply, json!({"Error": ""}));
+        // The GPU pod waits for the device plugin; the plain one for nothing.
+        assert_eq!(
+            *c.deliveries.lock().unwrap(),
+            [Delivery::DevicePlugin, Delivery::Nothing]
+        );
         let (_, reply) = post_to(
             "/bind",
             c.clone(),
@@ -647,17 +655,24 @@ fn ascend_pods_get_a_template_or_raw_memory_under_their_own_keys() {
                    "huawei.com/Ascend910B3-core": "30"}),
             json!({"huawei.com/vnpu-mode": "hami-core"}),
         );
-        let (_, reply) = post(c.clone(), Settings::default(), body).await;
+        let settings = Settings::default();
+        let (_, reply) = post(c.clone(), settings.clone(), body).await;
         assert_eq!(node_names(&reply), vec!["fake-node-2"], "{reply}");
         assert_eq!(
             reply["FailedNodes"]["fake-node-1"], "NodeUnfitPod",
             "{reply}"
         );
-        let writes = c.writes.lock().unwrap();
         assert_eq!(
-            writes[0].2["huawei.com/Ascend910B3"],
+            c.writes.lock().unwrap()[0].2["huawei.com/Ascend910B3"],
             r#"[{"UUID":"fake-node-2-npu0","memory":10000,"core":30}]"#
         );
+        // The annotation hook delivers hami-core NPUs and answers no
+        // Allocate: the bind must not wait for one (no node lock).
+        let bind = json!({"PodName": "ext-1", "PodNamespace": "default",
+            "PodUID": "5a53271d-20c3-4b39-b421-64490ff91216", "Node": "fake-node-2"});
+        let (_, reply) = post_to("/bind", c.clone(), settings, bind.to_string().into_bytes()).await;
+        assert_eq!(reply, json!({"Error": ""}));
+        assert_eq!(*c.deliveries.lock().unwrap(), [Delivery::Annotation]);
     });
 }
 
@@ -721,6 +736,7 @@ fn a_stalled_decision_gets_an_error_before_the_scheduler_gives_up() {
             stall_writes: true,
             writes: Mutex::new(Vec::new()),
             binds: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Vec::new()),
             events: Mutex::new(Vec::new()),
             templates: Mutex::new(Vec::new()),
         });

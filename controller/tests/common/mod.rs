@@ -22,6 +22,8 @@ pub struct FakeCluster {
     pub stall_writes: bool,
     pub writes: Mutex<Vec<Write>>,
     pub binds: Mutex<Vec<hami_controller::extender::ExtenderBindingArgs>>,
+    /// What each bind was told delivers the pod's devices.
+    pub deliveries: Mutex<Vec<hami_controller::pending::Delivery>>,
     pub events: Mutex<Vec<String>>,
     /// ResourceClaimTemplates created, with their namespace.
     pub templates: Mutex<Vec<(String, Value)>>,
@@ -37,9 +39,11 @@ impl Cluster for FakeCluster {
     fn bind(
         &self,
         args: hami_controller::extender::ExtenderBindingArgs,
+        delivery: hami_controller::pending::Delivery,
     ) -> BoxFuture<'static, Result<(), String>> {
         let fail = self.fail_writes;
         self.binds.lock().unwrap().push(args);
+        self.deliveries.lock().unwrap().push(delivery);
         Box::pin(async move {
             if fail {
                 Err("node lock: node n1 is locked by someone".into())
@@ -154,6 +158,7 @@ pub fn cluster_with_quotas(
         stall_writes: false,
         writes: Mutex::new(Vec::new()),
         binds: Mutex::new(Vec::new()),
+        deliveries: Mutex::new(Vec::new()),
         events: Mutex::new(Vec::new()),
         templates: Mutex::new(Vec::new()),
     })
