@@ -5,6 +5,7 @@
 #                              # kube-schedulers (default, and hami-scheduler with
 #                              # hami-controller as its extender), containerd, kubelet
 #   hack/cluster.sh down DIR   # stops them all by PID and removes what they left
+#   hack/cluster.sh containerd-config DIR   # prints the containerd config up generates
 #
 # Everything lives under DIR: certificates (openssl), kubeconfigs, logs, etcd data,
 # containerd's root and kubelet's root. `DIR/env` exports KUBECONFIG and the
@@ -26,7 +27,7 @@ set -euo pipefail
 cmd=${1:-}
 dir=${2:-}
 if [ -z "$cmd" ] || [ -z "$dir" ]; then
-    echo "usage: $0 up|down|config DIR" >&2
+    echo "usage: $0 up|down|containerd-config DIR" >&2
     exit 2
 fi
 here=$(cd "$(dirname "$0")" && pwd)
@@ -35,6 +36,7 @@ etcd_port=12379
 apiserver_port=16443
 kubelet_port=20250
 cgroup_root=hami-e2e
+bridge=hamie2e0
 
 log() { echo "cluster: $*" >&2; }
 
@@ -116,7 +118,9 @@ make_pki() {
         "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
     cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
     cert admin "/O=system:masters/CN=hami-e2e-admin"
-    cert kube-controller-manager "/CN=system:kube-controller-manager"
+    # Without per-controller service accounts (none are set up here) the controllers
+    # act as this user; system:kube-controller-manager alone may not taint nodes.
+    cert kube-controller-manager "/O=system:masters/CN=system:kube-controller-manager"
     cert kube-scheduler "/CN=system:kube-scheduler"
     cert kubelet "/O=system:nodes/CN=system:node:$node" "IP:127.0.0.1,IP:$node_ip,DNS:$node"
     # hami-controller and hami-node as host processes: their own users, bound to the
@@ -162,10 +166,13 @@ EOF
 # The chart's scheduler config names no kubeconfig (in-cluster); here the process runs
 # on the host, so add clientConnection. Leader election is off: one replica.
 scheduler_config() {
-    local source=$1 out=$2
+    local source=$1 out=$2 port=$3
     {
         echo "clientConnection:"
         echo "  kubeconfig: $dir/kube-scheduler.kubeconfig"
+        # Two schedulers on one host: each its own health and metrics port.
+        echo "healthzBindAddress: 127.0.0.1:$port"
+        echo "metricsBindAddress: 127.0.0.1:$port"
         sed -e '/^leaderElection:/,/^[^ ]/{/^leaderElection:/d;/^  /d}' "$source"
         echo "leaderElection:"
         echo "  leaderElect: false"
@@ -175,10 +182,13 @@ scheduler_config() {
 containerd_config() {
     local c=$dir/containerd
     mkdir -p "$c/cni/conf" "$c/root" "$c/state"
-    # No CNI runs (pods use the host network), but the CRI plugin reports the network
-    # ready only when a configuration loads.
-    cat >"$c/cni/conf/10-loopback.conflist" <<'EOF'
-{"cniVersion": "0.4.0", "name": "hami-e2e", "plugins": [{"type": "loopback"}]}
+    # A bridge with host-local addresses: HAMi's example pods use the pod network.
+    # Nothing routes out of it; the pods need only their own address.
+    cat >"$c/cni/conf/10-hami-e2e.conflist" <<EOF
+{"cniVersion": "0.4.0", "name": "hami-e2e", "plugins": [
+  {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.77.0/24"}]], "dataDir": "$c/cni/ipam"}}
+]}
 EOF
     cat <<EOF
 version = 2
@@ -298,6 +308,8 @@ clientConnection:
   kubeconfig: $dir/kube-scheduler.kubeconfig
 leaderElection:
   leaderElect: false
+healthzBindAddress: 127.0.0.1:10351
+metricsBindAddress: 127.0.0.1:10351
 EOF
     start default-scheduler "$bin/kube-scheduler" --config "$default_cfg" --port 0 --secure-port 0
 
@@ -306,7 +318,7 @@ EOF
         source=$dir/hami-scheduler.source.yaml
         default_scheduler_config >"$source"
     fi
-    scheduler_config "$source" "$dir/hami-scheduler.yaml"
+    scheduler_config "$source" "$dir/hami-scheduler.yaml" 10352
     start hami-scheduler "$bin/kube-scheduler" --config "$dir/hami-scheduler.yaml" --port 0 --secure-port 0
 
     local ccfg=${HAMI_CLUSTER_CONTAINERD_CONFIG:-}
@@ -329,6 +341,14 @@ EOF
         "'$bin/kubectl' get node '$node' -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
     wait_for "the default service account" 60 "$bin/kubectl" -n default get serviceaccount default
 
+    local name
+    for name in etcd kube-apiserver kube-controller-manager default-scheduler hami-scheduler containerd kubelet; do
+        if ! kill -0 "$(cat "$(pidfile "$name")")" 2>/dev/null; then
+            log "$name exited:"
+            tail -20 "$dir/logs/$name.log" >&2
+            exit 1
+        fi
+    done
     cat >"$dir/env" <<EOF
 export KUBECONFIG=$dir/admin.kubeconfig
 export KUBE_BIN=$bin
@@ -377,6 +397,7 @@ down() {
     awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || true
     done
+    ip link delete "$bridge" 2>/dev/null || true
     rm -rf "$dir/pids"
     # kubelet 1.20 serves device plugins from this fixed path whatever its root dir.
     rm -f /var/lib/kubelet/device-plugins/kubelet.sock
@@ -386,8 +407,14 @@ down() {
 case "$cmd" in
 up) up ;;
 down) down ;;
+containerd-config)
+    # The config `up` would generate, for a caller that merges into it first.
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    containerd_config
+    ;;
 *)
-    echo "usage: $0 up|down DIR" >&2
+    echo "usage: $0 up|down|containerd-config DIR" >&2
     exit 2
     ;;
 esac

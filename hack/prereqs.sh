@@ -19,6 +19,10 @@ declare -A PROVIDER=(
     # the webhook's HTTPS test makes its self-signed certificate with it
     [openssl]=openssl
     [yamllint]=yamllint
+    # the real-cluster tests: etcd for the API server, ip for the pod bridge
+    [etcd]=etcd-server
+    [etcdctl]=etcd-client
+    [ip]=iproute2
 )
 
 missing=()
@@ -37,7 +41,7 @@ if ((${#missing[@]})); then
     echo "hack/prereqs.sh: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux openssl yamllint >/dev/null
+    apt-get install -y -qq runc crun podman containerd busybox-static jq protobuf-compiler gcc g++ binutils util-linux openssl yamllint etcd-server etcd-client iproute2 >/dev/null
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

@@ -24,6 +24,11 @@ echo "== static hook"
 # The build nodes get; the hostile-image tests run it as well as the dynamic one.
 HAMI_OCI_HOOK_STATIC=$(./hack/build-static-hook.sh dev)
 export HAMI_OCI_HOOK_STATIC
+echo "== Kubernetes from Debian's source (built once, then cached)"
+# The real-cluster tests (tests/e2e/tests/kube_cluster.rs) run kube-apiserver,
+# kube-scheduler, kube-controller-manager and kubelet from here.
+HAMI_KUBE_BIN=$(./hack/cluster/build-kube.sh)
+export HAMI_KUBE_BIN
 echo "== fuzz: hami-oci-hook inputs, 30 s"
 ./hack/fuzz-hook.sh 30
 echo "== cargo test"

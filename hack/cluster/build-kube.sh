@@ -29,15 +29,24 @@ ensure_tools() {
     command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
     command -v rsync >/dev/null || missing+=(rsync)
     command -v etcd >/dev/null || missing+=(etcd-server)
+    [ -d "$reflect2" ] || missing+=(golang-github-modern-go-reflect2-dev)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
 
+# Kubernetes 1.20 vendors reflect2 1.0.1, whose map iterator does not match Go >= 1.18's
+# runtime: with Debian's Go 1.19 the apiserver dies (SIGSEGV in mapiterinit) the first
+# time it encodes certain maps, e.g. a pod through an admission webhook. Debian packages
+# reflect2 1.0.2, which has the fix; it replaces the vendored copy.
+reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
+
 ensure_deb_src
 version=$(apt-cache showsrc kubernetes | awk '/^Version:/ { print $2; exit }')
-out="$cache/$version/bin"
+# Bump when the build below changes, so a cached build of the old recipe is not used.
+recipe=2
+out="$cache/$version-r$recipe/bin"
 complete=1
 for c in "${components[@]}"; do [ -x "$out/$c" ] || complete=0; done
 if [ "$complete" = 1 ]; then
@@ -55,6 +64,8 @@ if [ ! -d "$src/cmd/kubelet" ]; then
     mv "$cache"/src-work/kubernetes-*/ "$src"
     rm -rf "$cache/src-work"
 fi
+
+rsync -a --delete --exclude go.mod --exclude '*_test.go' "$reflect2/" "$src/vendor/github.com/modern-go/reflect2/"
 
 log "building ${components[*]} (about 10 minutes on 2 cores, once)"
 # The same GOPATH layout debian/rules sets up; CGO off as Debian builds it.

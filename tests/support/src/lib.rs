@@ -18,6 +18,7 @@ pub mod cc;
 pub mod cgroup;
 pub mod containerd;
 pub mod fake_gpu;
+pub mod kube;
 pub mod need;
 pub mod oci;
 pub mod oci_image;
