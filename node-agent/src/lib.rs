@@ -5,6 +5,7 @@
 //! - [`monitor`] and [`metrics`]: every container's shared region, read-only,
 //!   as Prometheus metrics;
 //! - [`cleanup`]: deleted pods' specs and state removed;
+//! - [`quota_guard`]: pods that run without the quota Allocate gives, deleted;
 //! - [`doctor`]: the node's prerequisites as a table.
 pub mod cleanup;
 pub mod device_plugin;
@@ -15,5 +16,6 @@ pub mod kubelet;
 pub mod metrics;
 pub mod monitor;
 pub mod pod_source;
+pub mod quota_guard;
 pub mod register;
 pub mod resource_slice;

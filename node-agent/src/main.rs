@@ -263,12 +263,27 @@ async fn registration(
     }
 }
 
-/// Removes deleted pods' allocations every interval.
-async fn cleanup(writer: Arc<SpecWriter>, client: kube::Client, interval: Duration) {
-    let pods = hami_node::cleanup::KubePodLookup(client);
+/// Every interval: removes deleted pods' allocations, and deletes the pods
+/// of this node that run without the quota kubelet's Allocate would have
+/// given them ([`hami_node::quota_guard`]).
+async fn cleanup(writer: Arc<SpecWriter>, client: kube::Client, node: String, interval: Duration) {
+    let lookup = hami_node::cleanup::KubePodLookup(client.clone());
+    let stopper = hami_node::quota_guard::KubeStopper(client.clone());
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+    let on_node = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
     loop {
-        for name in hami_node::cleanup::sweep(&writer, &pods).await {
+        for name in hami_node::cleanup::sweep(&writer, &lookup).await {
             tracing::info!(allocation = %name, "removed a deleted pod's spec and state");
+        }
+        match pods.list(&on_node).await {
+            Ok(list) => {
+                let allocated = |p: &k8s_openapi::api::core::v1::Pod| {
+                    hami_node::pod_source::pending_pod(p)
+                        .is_some_and(|pending| !writer.allocated_slots(&pending).is_empty())
+                };
+                hami_node::quota_guard::enforce(&list.items, allocated, &stopper).await;
+            }
+            Err(e) => tracing::warn!("listing this node's pods for the quota guard: {e}"),
         }
         tokio::time::sleep(interval).await;
     }
@@ -474,6 +489,7 @@ fn main() -> Result<()> {
                     tokio::spawn(cleanup(
                         writer.clone(),
                         client_for_dra.clone(),
+                        agent.node.clone(),
                         agent.interval,
                     ));
                     let _dra = if agent.dra {

@@ -502,4 +502,74 @@ fn hami_on_a_real_kubernetes_node() {
         Some(3000 / 256),
         "{logs}"
     );
+
+    // 6. Fail closed: a pod with a decision that kubelet runs without ever
+    // calling Allocate (as it does when the resource is missing from the
+    // node) would see the whole GPU; the node agent deletes it. It is made
+    // the way the controller makes one, minus the device request: created
+    // unscheduled, annotated and bound by the controller's user.
+    escaped_pod_is_deleted(&cluster);
+}
+
+fn escaped_pod_is_deleted(cluster: &KubeCluster) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "escaped", "namespace": "default"},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "app", "image": IMAGE,
+            "command": ["/bin/sh", "-c", "/usr/bin/cuda_app info; sleep 3600"]}]}
+    });
+    cluster.apply(&pod);
+    let decision = format!("{},NVIDIA-Fake H100,1000,10:;", GPU[1]);
+    let annotate = cluster.kubectl_as(
+        "hami-controller",
+        &[
+            "annotate",
+            "pod",
+            "escaped",
+            "hami.io/bind-phase=allocating",
+            &format!("hami.io/vgpu-devices-to-allocate={decision}"),
+            &format!("hami.io/vgpu-devices-allocated={decision}"),
+            &format!("hami.io/vgpu-node={NODE}"),
+        ],
+        None,
+    );
+    assert!(
+        annotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&annotate.stderr)
+    );
+    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "escaped", "namespace": "default"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": NODE}});
+    let bind = cluster.kubectl_as(
+        "hami-controller",
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/escaped/binding",
+            "-f",
+            "-",
+        ],
+        Some(&binding.to_string()),
+    );
+    assert!(
+        bind.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bind.stderr)
+    );
+    cluster.wait("the escaped pod deleted", Duration::from_secs(60), || {
+        cluster.get(&["pod", "escaped"]).is_none().then_some(())
+    });
+    let events = cluster
+        .get(&[
+            "events",
+            "--field-selector",
+            "involvedObject.name=escaped,reason=QuotaNotApplied",
+        ])
+        .unwrap();
+    let message = events["items"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("never called Allocate"), "{events}");
 }
