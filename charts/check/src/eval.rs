@@ -345,6 +345,14 @@ impl Renderer<'_> {
                 want(2)?;
                 Value::String(text(&args[1]).chars().take(int(&args[0])?).collect())
             }
+            "semverCompare" => {
+                want(2)?;
+                let (constraint, version) = (text(&args[0]), text(&args[1]));
+                Value::Bool(
+                    crate::semver::satisfies(&constraint, &version)
+                        .map_err(|e| self.err(format!("semverCompare: {e}")))?,
+                )
+            }
             "trimSuffix" => {
                 want(2)?;
                 let (suffix, s) = (text(&args[0]), text(&args[1]));

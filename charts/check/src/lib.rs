@@ -8,6 +8,7 @@
 
 pub mod eval;
 pub mod parse;
+pub mod semver;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,21 +93,57 @@ fn templates(dir: &Path) -> Result<Vec<(String, String)>, RenderError> {
     Ok(out)
 }
 
+/// The cluster version [`render`] renders for: the newest the chart knows.
+pub const DEFAULT_KUBE_VERSION: &str = "v1.34.0";
+
 /// Renders every template of the chart in `chart_dir` with its values.yaml
-/// merged with `overrides`, for a release `name` in `namespace`.
+/// merged with `overrides`, for a release `name` in `namespace`, for a
+/// cluster of [`DEFAULT_KUBE_VERSION`].
 pub fn render(
     chart_dir: &Path,
     overrides: &Value,
     name: &str,
     namespace: &str,
 ) -> Result<Vec<Rendered>, RenderError> {
+    render_for(chart_dir, overrides, name, namespace, DEFAULT_KUBE_VERSION)
+}
+
+/// [`render`] for a cluster that reports `kube_version` (`v1.20.2`), as
+/// `helm template --kube-version` or `helm install` against that cluster:
+/// `.Capabilities.KubeVersion` is set, and a version outside Chart.yaml's
+/// `kubeVersion` fails the render.
+pub fn render_for(
+    chart_dir: &Path,
+    overrides: &Value,
+    name: &str,
+    namespace: &str,
+    kube_version: &str,
+) -> Result<Vec<Rendered>, RenderError> {
     let chart = read_yaml(&chart_dir.join("Chart.yaml"))?;
+    let refuse = |message: String| RenderError::Eval {
+        file: "Chart.yaml".into(),
+        message,
+    };
+    if let Some(range) = chart["kubeVersion"].as_str() {
+        if !semver::satisfies(range, kube_version).map_err(refuse)? {
+            return Err(refuse(format!(
+                "chart requires kubeVersion: {range} which is incompatible with Kubernetes {kube_version}"
+            )));
+        }
+    }
+    let bare = kube_version.trim_start_matches('v');
+    let mut numbers = bare.split(['.', '-', '+']);
+    let major = numbers.next().unwrap_or_default();
+    let minor = numbers.next().unwrap_or_default();
     let mut values = read_yaml(&chart_dir.join("values.yaml"))?;
     merge(&mut values, overrides);
     let root = json!({
         "Values": values,
         "Release": {"Name": name, "Namespace": namespace, "Service": "Helm", "IsInstall": true},
         "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
+        "Capabilities": {"KubeVersion": {
+            "Version": format!("v{bare}"), "GitVersion": format!("v{bare}"),
+            "Major": major, "Minor": minor}},
     });
     let files = templates(&chart_dir.join("templates"))?;
     let mut parsed = Vec::new();

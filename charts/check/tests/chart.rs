@@ -435,9 +435,19 @@ fn check_webhook(set: &str, values: &Value, docs: &[(String, Value)]) {
         format!("{}/key", mount["mountPath"].as_str().unwrap()),
         "{set}"
     );
+    // kube-system and the release's namespace always, then the whitelist.
+    let mut excluded = vec![json!("kube-system"), json!(NAMESPACE)];
+    excluded.extend(
+        values["scheduler"]["admissionWebhook"]["whitelistNamespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| *n != "kube-system")
+            .cloned(),
+    );
     assert_eq!(
         hook["namespaceSelector"]["matchExpressions"][1]["values"],
-        values["scheduler"]["admissionWebhook"]["whitelistNamespaces"],
+        Value::Array(excluded),
         "{set}"
     );
     let expression = hook["matchConditions"][0]["expression"].as_str().unwrap();
@@ -819,4 +829,84 @@ fn the_images_hold_what_the_chart_runs() {
     let deployment = one(&docs, "Deployment");
     let image = container(&deployment["spec"]["template"]["spec"], "controller")["image"].clone();
     assert_eq!(image, "hami-rs/hami-controller:0.1.0");
+}
+
+/// What each Kubernetes version accepts: the scheduler configuration API it
+/// serves, webhooks without matchConditions (and so not failing every pod
+/// when unreachable) before 1.28, the namespace-name label from 1.21 only,
+/// DRA's v1 DeviceClass from 1.34 only; and Chart.yaml's range enforced.
+#[test]
+fn each_kubernetes_version_gets_what_its_api_server_accepts() {
+    let docs_for = |version: &str, overrides: Value| {
+        documents(
+            &hami_chart::render_for(&chart(), &overrides, "hami", NAMESPACE, version).unwrap(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect::<Vec<_>>()
+    };
+    let scheduler_api = |docs: &[Value]| {
+        let cm = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "hami-scheduler-config")
+            .unwrap();
+        let config: Value =
+            serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+        config["apiVersion"].as_str().unwrap().to_owned()
+    };
+    let dra = json!({"dra": {"enabled": true}});
+    for (version, api) in [
+        ("v1.18.20", "kubescheduler.config.k8s.io/v1alpha2"),
+        ("v1.20.2", "kubescheduler.config.k8s.io/v1beta1"),
+        ("v1.21.14", "kubescheduler.config.k8s.io/v1beta1"),
+        ("v1.23.17", "kubescheduler.config.k8s.io/v1beta2"),
+        ("v1.27.3", "kubescheduler.config.k8s.io/v1"),
+        ("v1.28.0", "kubescheduler.config.k8s.io/v1"),
+        ("v1.34.1", "kubescheduler.config.k8s.io/v1"),
+    ] {
+        let docs = docs_for(version, dra.clone());
+        assert_eq!(scheduler_api(&docs), api, "{version}");
+        let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
+        for kind in [
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ] {
+            let hook = &docs.iter().find(|d| d["kind"] == kind).unwrap()["webhooks"][0];
+            let scoped = minor >= 28;
+            assert_eq!(
+                hook.get("matchConditions").is_some(),
+                scoped,
+                "{version} {kind}"
+            );
+            let policy = hook["failurePolicy"].as_str().unwrap();
+            assert_eq!(
+                policy,
+                if scoped { "Fail" } else { "Ignore" },
+                "{version} {kind}"
+            );
+            let by_name = hook["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["key"] == "kubernetes.io/metadata.name");
+            assert_eq!(by_name, minor >= 21, "{version} {kind}");
+            if kind == "ValidatingWebhookConfiguration" {
+                let rules = hook["rules"].as_array().unwrap();
+                let on_nodes = rules.iter().any(|r| r["resources"][0] == "nodes");
+                assert_eq!(
+                    on_nodes, scoped,
+                    "{version}: node status updates stay off the webhook"
+                );
+            }
+        }
+        let class = docs.iter().any(|d| d["kind"] == "DeviceClass");
+        assert_eq!(class, minor >= 34, "{version}");
+    }
+    let too_old = hami_chart::render_for(&chart(), &json!({}), "hami", NAMESPACE, "v1.17.17");
+    let message = too_old.unwrap_err().to_string();
+    assert!(
+        message.contains("incompatible with Kubernetes v1.17.17"),
+        "{message}"
+    );
 }
