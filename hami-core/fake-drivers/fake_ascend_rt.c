@@ -52,14 +52,10 @@ EXPORT rtError_t rtMalloc(void **ptr, uint64_t size, rtMemType_t type, uint16_t 
     (void)type;
     (void)module;
     if (!ptr || size == 0) return ACL_ERROR_INVALID_PARAM;
-    _Atomic uint64_t *used = (_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes;
-    uint64_t u = atomic_load(used);
-    do {
-        if (u + size > npu_total()) return ACL_ERROR_RT_MEMORY_ALLOCATION;
-    } while (!atomic_compare_exchange_weak(used, &u, u + size));
+    if (fake_charge(current_device, size, npu_total()) != 0) return ACL_ERROR_RT_MEMORY_ALLOCATION;
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
-        atomic_fetch_sub(used, size);
+        fake_uncharge(current_device, size);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
     pthread_mutex_lock(&lock);
@@ -86,13 +82,13 @@ EXPORT rtError_t rtFree(void *ptr) {
     pthread_mutex_unlock(&lock);
     if (!size) return ACL_ERROR_INVALID_PARAM;
     munmap(ptr, size);
-    atomic_fetch_sub((_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes, size);
+    fake_uncharge(current_device, size);
     return RT_ERROR_NONE;
 }
 
 EXPORT rtError_t rtMemGetInfoEx(rtMemInfoType_t type, size_t *free_bytes, size_t *total_bytes) {
     (void)type;
-    uint64_t used = atomic_load((_Atomic uint64_t *)&fake_state()->dev[current_device].used_bytes);
+    uint64_t used = fake_used(current_device);
     *total_bytes = npu_total();
     *free_bytes = used > npu_total() ? 0 : npu_total() - used;
     return RT_ERROR_NONE;

@@ -76,17 +76,11 @@ static int current_device(void) {
 
 /* Device-wide memory accounting, shared across processes like a real GPU. */
 static int charge(int device, uint64_t size) {
-    struct fake_state *s = fake_state();
-    uint64_t total = fake_config()->total_memory;
-    uint64_t used = atomic_load((_Atomic uint64_t *)&s->dev[device].used_bytes);
-    do {
-        if (used + size < used || used + size > total) return CUDA_ERROR_OUT_OF_MEMORY;
-    } while (!atomic_compare_exchange_weak((_Atomic uint64_t *)&s->dev[device].used_bytes, &used, used + size));
-    return CUDA_SUCCESS;
+    return fake_charge(device, size, fake_config()->total_memory) == 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
 
 static void uncharge(int device, uint64_t size) {
-    atomic_fetch_sub((_Atomic uint64_t *)&fake_state()->dev[device].used_bytes, size);
+    fake_uncharge(device, size);
 }
 
 static void *host_alloc(uint64_t size) {
@@ -305,7 +299,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     if (!initialized) return CUDA_ERROR_NOT_INITIALIZED;
     int d = current_device();
     uint64_t total = fake_config()->total_memory;
-    uint64_t used = atomic_load((_Atomic uint64_t *)&fake_state()->dev[d].used_bytes);
+    uint64_t used = fake_used(d);
     *free_bytes = used > total ? 0 : total - used;
     *total_bytes = total;
     return CUDA_SUCCESS;

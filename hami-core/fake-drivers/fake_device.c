@@ -1,4 +1,5 @@
 /* Shared fake-GPU state and configuration; linked into both fake libraries. */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -15,6 +16,10 @@
 static struct fake_config config;
 static struct fake_state *state;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+/* The state file, kept open for the records' liveness locks (-1: no file). */
+static int state_fd = -1;
+/* This process's record on each device (-1: none yet). */
+static int my_slot[FAKE_MAX_DEVICES] = {-1, -1, -1, -1, -1, -1, -1, -1};
 
 static uint64_t parse_size(const char *text, uint64_t fallback) {
     if (!text || !*text) return fallback;
@@ -53,7 +58,8 @@ static void init(void) {
             if (fstat(fd, &st) == 0 && (size_t)st.st_size < sizeof(struct fake_state))
                 if (ftruncate(fd, sizeof(struct fake_state)) != 0) perror("fake-cuda: ftruncate");
             mem = mmap(NULL, sizeof(struct fake_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-            close(fd);
+            if (mem != MAP_FAILED) state_fd = fd;
+            else close(fd);
         } else {
             fprintf(stderr, "fake-cuda: cannot open %s: %s\n", path, strerror(errno));
         }
@@ -103,21 +109,81 @@ uint32_t fake_device_pid(void) {
     return (uint32_t)getpid() + fake_config()->pid_offset;
 }
 
+/* The byte whose lock says record `slot` of `device` is owned by a live process. */
+static off_t liveness_byte(int device, int slot) {
+    return (off_t)sizeof(struct fake_state) + (off_t)device * FAKE_MAX_PROCS + slot;
+}
+
+/* F_SETLK with an open-file-description lock: held until this process's last
+ * descriptor of the file closes, i.e. until it exits, however it exits. */
+static int liveness_lock(int device, int slot, short type) {
+    struct flock l = {.l_type = type, .l_whence = SEEK_SET, .l_start = liveness_byte(device, slot), .l_len = 1};
+    return fcntl(state_fd, F_OFD_SETLK, &l);
+}
+
+/* Takes back the memory and the record of every process of `device` that is
+ * gone: its record's lock is free. Without a state file nothing is shared. */
+static void reap(int device) {
+    if (state_fd < 0) return;
+    struct fake_device_state *d = &fake_state()->dev[device];
+    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+        if (i == my_slot[device] || __atomic_load_n(&d->procs[i].pid, __ATOMIC_ACQUIRE) == 0) continue;
+        if (liveness_lock(device, i, F_WRLCK) != 0) continue; /* its owner lives */
+        /* Owned by no one: its process died; a claimer locks before it names itself. */
+        if (__atomic_load_n(&d->procs[i].pid, __ATOMIC_ACQUIRE) != 0) {
+            uint64_t held = __atomic_exchange_n(&d->procs[i].used_bytes, 0, __ATOMIC_ACQ_REL);
+            __atomic_fetch_sub(&d->used_bytes, held, __ATOMIC_ACQ_REL);
+            __atomic_store_n(&d->procs[i].contexts, 0, __ATOMIC_RELEASE);
+            __atomic_store_n(&d->procs[i].busy_ns_total, 0, __ATOMIC_RELEASE);
+            __atomic_store_n(&d->procs[i].pid, 0, __ATOMIC_RELEASE);
+        }
+        liveness_lock(device, i, F_UNLCK);
+    }
+}
+
 struct fake_proc_busy *fake_proc(int device) {
     struct fake_device_state *d = &fake_state()->dev[device];
+    int mine = __atomic_load_n(&my_slot[device], __ATOMIC_ACQUIRE);
+    if (mine >= 0) return &d->procs[mine];
     uint32_t pid = fake_device_pid();
-    for (int i = 0; i < FAKE_MAX_PROCS; i++) {
-        uint32_t seen = __atomic_load_n(&d->procs[i].pid, __ATOMIC_ACQUIRE);
-        if (seen == 0) {
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < FAKE_MAX_PROCS; i++) {
+            if (__atomic_load_n(&d->procs[i].pid, __ATOMIC_ACQUIRE) != 0) continue;
+            if (state_fd >= 0 && liveness_lock(device, i, F_WRLCK) != 0) continue;
             uint32_t zero = 0;
-            if (__atomic_compare_exchange_n(&d->procs[i].pid, &zero, pid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) ||
-                zero == pid)
+            if (__atomic_compare_exchange_n(&d->procs[i].pid, &zero, pid, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                __atomic_store_n(&my_slot[device], i, __ATOMIC_RELEASE);
                 return &d->procs[i];
-            continue;
+            }
+            if (state_fd >= 0) liveness_lock(device, i, F_UNLCK);
         }
-        if (seen == pid) return &d->procs[i];
+        reap(device); /* full: perhaps of the dead */
     }
     return NULL;
+}
+
+int fake_charge(int device, uint64_t size, uint64_t total) {
+    reap(device);
+    struct fake_device_state *d = &fake_state()->dev[device];
+    uint64_t used = __atomic_load_n(&d->used_bytes, __ATOMIC_ACQUIRE);
+    do {
+        if (used + size < used || used + size > total) return -1;
+    } while (!__atomic_compare_exchange_n(&d->used_bytes, &used, used + size, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    struct fake_proc_busy *p = fake_proc(device);
+    if (p) __atomic_fetch_add(&p->used_bytes, size, __ATOMIC_ACQ_REL);
+    return 0;
+}
+
+void fake_uncharge(int device, uint64_t size) {
+    struct fake_device_state *d = &fake_state()->dev[device];
+    __atomic_fetch_sub(&d->used_bytes, size, __ATOMIC_ACQ_REL);
+    struct fake_proc_busy *p = fake_proc(device);
+    if (p) __atomic_fetch_sub(&p->used_bytes, size, __ATOMIC_ACQ_REL);
+}
+
+uint64_t fake_used(int device) {
+    reap(device);
+    return __atomic_load_n(&fake_state()->dev[device].used_bytes, __ATOMIC_ACQUIRE);
 }
 
 static void account_busy(int device, uint64_t ns) {

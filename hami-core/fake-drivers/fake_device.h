@@ -17,6 +17,13 @@
  *   FAKE_CUDA_PID_OFFSET    added to getpid() wherever the device names a
  *                           process (NVML): the host's view of a container's
  *                           pids, which differ from the container's own
+ *
+ * Like the real driver, the device frees what a process held when it is gone,
+ * however it ended (kill -9 included): with a state file, each process holds
+ * an open-file-description lock on one byte past the state for each device
+ * record it owns; a record whose lock nobody holds belongs to a dead process,
+ * and the next allocation or memory query on that device takes it back. This
+ * works across containers, whose pids mean nothing to each other.
  */
 #ifndef HAMI_FAKE_DEVICE_H
 #define HAMI_FAKE_DEVICE_H
@@ -30,6 +37,7 @@ struct fake_proc_busy {
     uint32_t pid;              /* 0 = free slot; the device's (host's) view */
     uint32_t contexts;         /* contexts this process holds on the device */
     uint64_t busy_ns_total;    /* kernel time this process put on the device */
+    uint64_t used_bytes;       /* device memory this process holds */
 };
 
 struct fake_device_state {
@@ -62,6 +70,13 @@ int fake_uuid(int index, char *out, unsigned int len);
 uint32_t fake_device_pid(void);
 /* The device's record for this process, created on first use (NULL if full). */
 struct fake_proc_busy *fake_proc(int device);
+/* Charges `size` bytes to the device and this process, or returns -1 when the
+ * device has less than that free out of `total`; dead processes' memory is
+ * taken back first. */
+int fake_charge(int device, uint64_t size, uint64_t total);
+void fake_uncharge(int device, uint64_t size);
+/* The device's used memory, after taking back dead processes' memory. */
+uint64_t fake_used(int device);
 /* Queues a kernel of `blocks` thread blocks on the device: sm_count run at a
  * time for ns_per_block each; blocks while the queue holds more than queue_ns. */
 void fake_launch(int device, uint64_t blocks);

@@ -70,7 +70,7 @@ static nvmlReturn_t memory(nvmlDevice_t device, unsigned long long *total, unsig
     int i = index_of(device);
     if (i < 0) return NVML_ERROR_INVALID_ARGUMENT;
     *total = fake_config()->total_memory;
-    *used = atomic_load((_Atomic uint64_t *)&fake_state()->dev[i].used_bytes);
+    *used = fake_used(i);
     return NVML_SUCCESS;
 }
 

@@ -143,6 +143,57 @@ fn two_processes_share_one_quota() {
     assert_eq!(field(&out, "alloc-until-oom", "count"), 10, "{out}");
 }
 
+/// The fake device, like a real one, frees what a process held once it is
+/// gone, kill -9 included: a 600 MiB device filled by one process is whole
+/// again for the next once the first is killed (the real-cluster test's
+/// next pod must see the device, not the dead pod's usage).
+#[test]
+fn the_fake_device_frees_a_killed_process_memory() {
+    if !needs("the_fake_device_frees_a_killed_process_memory") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("fake-gpu.state");
+    let on_device = |c: &mut std::process::Command| {
+        c.env("FAKE_CUDA_STATE", &device)
+            .env("FAKE_CUDA_TOTAL_MEMORY", "600m");
+    };
+    let mut first = app("procaddress");
+    on_device(&mut first);
+    first.env(
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        dir.path().join("a.cache"),
+    );
+    for _ in 0..6 {
+        first.args(["alloc", HUNDRED_MIB]);
+    }
+    let mut holder = spawn_until_ready(first.args(["ready", "pause"]));
+    let mut second = app("procaddress");
+    on_device(&mut second);
+    second.env(
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        dir.path().join("b.cache"),
+    );
+    let (out, _) = run(second.args(["alloc-until-oom", HUNDRED_MIB]));
+    assert_eq!(
+        field(&out, "alloc-until-oom", "count"),
+        0,
+        "the device is full: {out}"
+    );
+
+    holder.kill().unwrap(); // SIGKILL: nothing of the process runs
+    holder.wait().unwrap();
+    let mut third = app("procaddress");
+    on_device(&mut third);
+    third.env(
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        dir.path().join("c.cache"),
+    );
+    let (out, _) = run(third.args(["nvml-info", "alloc-until-oom", HUNDRED_MIB]));
+    assert_eq!(field(&out, "nvml-info", "used"), 0, "{out}");
+    assert_eq!(field(&out, "alloc-until-oom", "count"), 6, "{out}");
+}
+
 #[test]
 fn sigkill_in_the_middle_of_allocating_is_recovered() {
     if !needs("sigkill_in_the_middle_of_allocating_is_recovered") {
