@@ -139,23 +139,58 @@ fn base64_file(path: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The chart's RBAC, with the host processes' users added to the bindings
-/// of the service accounts they stand in for.
-fn apply_chart_rbac(cluster: &KubeCluster) {
+/// The version the cluster reports, as Helm would see it.
+const KUBE_VERSION: &str = "v1.20.2";
+
+/// charts/hami rendered for this cluster's version, as
+/// `helm template --kube-version` would.
+fn chart_docs() -> Vec<Value> {
+    let rendered = hami_chart::render_for(
+        &chart_dir(),
+        &json!({}),
+        "hami",
+        "hami-system",
+        KUBE_VERSION,
+    )
+    .unwrap();
+    hami_chart::documents(&rendered)
+        .unwrap()
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
+}
+
+/// hami-scheduler's configuration: the chart's ConfigMap, as the
+/// kube-scheduler container of its Deployment reads it.
+fn chart_scheduler_config(docs: &[Value], work: &Path) -> PathBuf {
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "hami-scheduler-config")
+        .expect("the scheduler ConfigMap");
+    let path = work.join("scheduler-config.yaml");
+    std::fs::write(&path, cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    path
+}
+
+/// Everything the chart installs but its workloads (they need images) and
+/// its webhooks (see [`apply_chart_webhooks`]), through the real API server:
+/// RBAC, with the host processes' users added to the bindings of the
+/// service accounts they stand in for, the scheduler ConfigMap, Services
+/// and NetworkPolicy.
+fn apply_chart_objects(cluster: &KubeCluster, docs: &[Value]) {
     cluster.apply(
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "hami-system"}}),
     );
-    let rendered = hami_chart::render(&chart_dir(), &json!({}), "hami", "hami-system").unwrap();
-    let docs = hami_chart::documents(&rendered).unwrap();
     let stands_in = |sa: &str| match sa {
         "hami-scheduler" => Some("hami-controller"),
         "hami-node" => Some("hami-node"),
         _ => None,
     };
-    for (_, mut doc) in docs {
-        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
-        match kind.as_str() {
-            "ClusterRole" | "Role" | "ServiceAccount" => cluster.apply(&doc),
+    for doc in docs {
+        let mut doc = doc.clone();
+        match doc["kind"].as_str().unwrap_or_default() {
+            "ClusterRole" | "Role" | "ServiceAccount" | "ConfigMap" | "Service"
+            | "NetworkPolicy" => cluster.apply(&doc),
             "ClusterRoleBinding" | "RoleBinding" => {
                 let users: Vec<Value> = doc["subjects"]
                     .as_array()
@@ -174,45 +209,32 @@ fn apply_chart_rbac(cluster: &KubeCluster) {
     }
 }
 
-/// The webhooks, pointed at the host process: the mutating one sends pods
-/// that ask for shared devices to hami-scheduler; the validating one keeps
-/// the scheduler's annotations to the controller and the node agent.
-fn apply_webhooks(cluster: &KubeCluster) {
+/// The chart's two webhook configurations, as rendered for this version
+/// (no matchConditions before 1.28), pointed at the host process instead of
+/// the Service: the mutating one sends pods that ask for shared devices to
+/// hami-scheduler; the validating one keeps the scheduler's annotations to
+/// the controller and the node agent.
+fn apply_chart_webhooks(cluster: &KubeCluster, docs: &[Value]) {
     let ca = base64_file(&cluster.pki("ca.crt"));
-    let client = |path: &str| json!({"url": format!("https://{WEBHOOK}{path}"), "caBundle": ca});
-    let pods = json!([{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]);
-    let namespace = json!({"matchExpressions": [{"key": "hami.io/webhook", "operator": "NotIn", "values": ["ignore"]}]});
-    cluster.apply(&json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": "hami-webhook"},
-        "webhooks": [{
-            "name": "vgpu.hami.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "clientConfig": client("/webhook"),
-            "rules": pods,
-            "namespaceSelector": namespace,
-        }],
-    }));
-    cluster.apply(&json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": "hami-webhook"},
-        "webhooks": [{
-            "name": "owned-annotations.hami.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "clientConfig": client("/validate"),
-            "rules": [
-                {"operations": ["CREATE", "UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
-                {"operations": ["UPDATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["nodes"]},
-            ],
-            "namespaceSelector": namespace,
-        }],
-    }));
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        let mut doc = docs
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("the chart renders a {kind}"))
+            .clone();
+        for hook in doc["webhooks"].as_array_mut().unwrap() {
+            let path = hook["clientConfig"]["service"]["path"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            hook["clientConfig"] =
+                json!({"url": format!("https://{WEBHOOK}{path}"), "caBundle": ca});
+        }
+        cluster.apply(&doc);
+    }
 }
 
 fn start_controller(cluster: &mut KubeCluster) {
@@ -345,12 +367,17 @@ fn hami_on_a_real_kubernetes_node() {
     } else {
         work.path().to_owned()
     };
-    let mut cluster =
-        KubeCluster::up(&w.join("cluster"), &bin, &ClusterOptions::default()).unwrap();
+    let docs = chart_docs();
+    let scheduler_config = chart_scheduler_config(&docs, w);
+    let options = ClusterOptions {
+        scheduler_config: Some(&scheduler_config),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = KubeCluster::up(&w.join("cluster"), &bin, &options).unwrap();
     import_image(&cluster, w);
-    apply_chart_rbac(&cluster);
+    apply_chart_objects(&cluster, &docs);
     start_controller(&mut cluster);
-    apply_webhooks(&cluster);
+    apply_chart_webhooks(&cluster, &docs);
     start_node_agent(&mut cluster, w);
 
     // 1. Registration: 2 GPUs x split 10 reach kubelet through the device plugin.

@@ -193,9 +193,20 @@ impl KubeCluster {
         for f in files {
             let text = fs::read_to_string(&f).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
+            // A daemon's fatal error is usually its last words, unless a
+            // backtrace follows them: the error lines come first.
+            let errors: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.starts_with("Error") || l.contains("ERROR") || l.starts_with('E'))
+                .take(10)
+                .collect();
             let tail = &lines[lines.len().saturating_sub(25)..];
             out.push_str(&format!(
-                "---- {} (last {} lines)\n{}\n",
+                "---- {} (errors: {})\n{}\n---- {} (last {} lines)\n{}\n",
+                f.display(),
+                errors.len(),
+                errors.join("\n"),
                 f.display(),
                 tail.len(),
                 tail.join("\n")
