@@ -311,6 +311,10 @@ async fn serve(
 }
 
 fn main() -> Result<()> {
+    // Feature unification can give rustls both ring and aws-lc-rs (a test
+    // build of the workspace does), and then it picks none and the kube
+    // client panics: name the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Simulate {
             nodes,

@@ -327,6 +327,10 @@ async fn serve_metrics(agent: Arc<Agent>, listen: std::net::SocketAddr) -> Resul
 }
 
 fn main() -> Result<()> {
+    // Feature unification can give rustls both ring and aws-lc-rs (a test
+    // build of the workspace does), and then it picks none and the kube
+    // client panics: name the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Discover {
             source,
