@@ -39,10 +39,9 @@ pub trait Cluster: Send + Sync + 'static {
     /// Whether the view has synced since start: until then decisions would
     /// be made on partial usage, so `/readyz` says no and `/filter` refuses.
     fn ready(&self) -> bool;
-    /// Binds the pod to the node under the node lock (see
-    /// [`crate::kube_cluster::bind_pod`]).
-    /// Binds the pod; `delivery` says whether a device plugin will answer
-    /// the bind phase (and so whether the node lock is taken).
+    /// Binds the pod to the node (see [`crate::kube_cluster::bind_pod`]);
+    /// `delivery` says whether a device plugin will answer the bind phase,
+    /// and so whether the node lock is taken.
     fn bind(
         &self,
         args: ExtenderBindingArgs,

@@ -277,9 +277,8 @@ async fn cleanup(writer: Arc<SpecWriter>, client: kube::Client, node: String, in
         }
         match pods.list(&on_node).await {
             Ok(list) => {
-                let allocated = |p: &k8s_openapi::api::core::v1::Pod| {
-                    hami_node::pod_source::pending_pod(p)
-                        .is_some_and(|pending| !writer.allocated_slots(&pending).is_empty())
+                let allocated = |pending: &hami_node::device_plugin::PendingPod| {
+                    !writer.allocated_slots(pending).is_empty()
                 };
                 hami_node::quota_guard::enforce(&list.items, allocated, &stopper).await;
             }

@@ -14,6 +14,7 @@
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::device_plugin::PendingPod;
 use crate::pod_source::pending_pod;
 
 /// Why `pod` runs without the quota its decision sets, or `None` when it
@@ -21,8 +22,8 @@ use crate::pod_source::pending_pod;
 /// or no container has started yet. `allocated` says whether this agent
 /// holds an allocation for the pod on disk (an Allocate whose phase update
 /// was lost).
-pub fn escaped(pod: &Pod, allocated: impl Fn(&Pod) -> bool) -> Option<String> {
-    pending_pod(pod)?;
+pub fn escaped(pod: &Pod, allocated: impl Fn(&PendingPod) -> bool) -> Option<String> {
+    let pending = pending_pod(pod)?;
     let status = pod.status.as_ref()?;
     let started: Vec<&str> = status
         .init_container_statuses
@@ -39,7 +40,7 @@ pub fn escaped(pod: &Pod, allocated: impl Fn(&Pod) -> bool) -> Option<String> {
         })
         .map(|c| c.name.as_str())
         .collect();
-    if started.is_empty() || allocated(pod) {
+    if started.is_empty() || allocated(&pending) {
         return None;
     }
     Some(format!(
@@ -58,7 +59,7 @@ pub trait PodStopper: Send + Sync {
 /// of each one deleted.
 pub async fn enforce(
     pods: &[Pod],
-    allocated: impl Fn(&Pod) -> bool,
+    allocated: impl Fn(&PendingPod) -> bool,
     stopper: &dyn PodStopper,
 ) -> Vec<String> {
     let mut stopped = Vec::new();
@@ -153,7 +154,7 @@ mod tests {
         .unwrap()
     }
 
-    const NOTHING_ON_DISK: fn(&Pod) -> bool = |_| false;
+    const NOTHING_ON_DISK: fn(&PendingPod) -> bool = |_| false;
 
     #[test]
     fn a_started_container_still_allocating_escaped() {
