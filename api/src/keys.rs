@@ -136,9 +136,13 @@ pub const ENV_NPU_MEM_QUOTA: &str = "NPU_MEM_QUOTA";
 /// hami-core holds while creating a CUDA context so that it can tell its own
 /// host pid from the others' in NVML's process list.
 pub const ENV_CONTEXT_LOCK: &str = "HAMI_CORE_CONTEXT_LOCK";
-/// hami-rs extension: the node-wide NPU schedule file through which
+/// hami-rs extension: the node agent's NPU arbiter socket, through which
 /// containers time-slice an Ascend NPU by their shares.
 pub const ENV_NPU_SCHEDULE: &str = "HAMI_CORE_NPU_SCHEDULE";
+/// hami-rs extension, in the limits file: the physical NPU behind each
+/// container-local device index (comma-separated), so the arbiter slices
+/// the containers that really share a chip.
+pub const ENV_NPU_DEVICE_IDS: &str = "HAMI_CORE_NPU_DEVICE_IDS";
 pub const ENV_NPU_PRIORITY: &str = "NPU_PRIORITY";
 
 /// `CUDA_DEVICE_MEMORY_LIMIT_<i>`: the per-device form HAMi's device plugin writes.

@@ -47,6 +47,7 @@ pub fn is_node_decided(key: &str) -> bool {
             | keys::ENV_NPU_MEM_QUOTA
             | keys::ENV_CONTEXT_LOCK
             | keys::ENV_NPU_SCHEDULE
+            | keys::ENV_NPU_DEVICE_IDS
     ) || indexed(key, keys::ENV_MEMORY_LIMIT)
         || indexed(key, keys::ENV_SM_LIMIT)
 }

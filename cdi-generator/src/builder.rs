@@ -31,8 +31,9 @@ pub const CONTEXT_LOCK_FILE: &str = "context.lock";
 /// environment (LD_PRELOAD included: the CVE-2025-23266 shape). An empty list
 /// is not enough: runtimes that rewrite config.json drop empty lists.
 pub const HOOK_ENV: &str = "HAMI_OCI_HOOK=1";
-/// The node-wide NPU schedule file, beside the lock (Ascend time-slicing).
-pub const NPU_SCHEDULE_FILE: &str = "npu-schedule";
+/// The node agent's NPU arbiter directory inside Ascend containers,
+/// read-only: it holds the arbiter's socket (Ascend time-slicing).
+pub const ARBITER_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/arbiter";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -101,6 +102,11 @@ impl Layout {
     /// Shared by every allocation on the node.
     pub fn lock_dir(&self) -> PathBuf {
         self.state_dir.join(".lock")
+    }
+    /// Where the node agent's NPU arbiter listens; root's alone, mounted
+    /// read-only (a socket on a read-only mount still accepts connections).
+    pub fn arbiter_dir(&self) -> PathBuf {
+        self.state_dir.join(".arbiter")
     }
 }
 
@@ -175,9 +181,11 @@ impl EditSource for QuotaEnv {
                     env.push(format!("{}={}", keys::ENV_NPU_MEM_QUOTA, bytes >> 20));
                 }
                 env.push(format!(
-                    "{}={LOCK_DIR_IN_CONTAINER}/{NPU_SCHEDULE_FILE}",
-                    keys::ENV_NPU_SCHEDULE
+                    "{}={ARBITER_DIR_IN_CONTAINER}/{}",
+                    keys::ENV_NPU_SCHEDULE,
+                    hami_region::npu_wire::SOCKET_FILE
                 ));
+                env.push(format!("{}={}", keys::ENV_NPU_DEVICE_IDS, ids.join(",")));
             }
         }
         ContainerEdits {
@@ -236,23 +244,31 @@ impl EditSource for Preload {
 
 impl EditSource for RegionMount {
     fn edits(&self, plan: &Plan<'_>) -> ContainerEdits {
+        let mut mounts = vec![
+            bind(
+                &plan.layout.region_dir(&plan.allocation.name),
+                REGION_DIR_IN_CONTAINER,
+                true,
+            ),
+            bind(&plan.layout.lock_dir(), LOCK_DIR_IN_CONTAINER, true),
+            // The node's word on the limits, whatever the pod's or the
+            // image's environment says (hami-core checks the region
+            // against it).
+            bind(
+                &plan.layout.limits_file(&plan.allocation.name),
+                hami_api::limits_file::LIMITS_FILE_IN_CONTAINER,
+                false,
+            ),
+        ];
+        if plan.inventory.vendor == Vendor::Ascend {
+            mounts.push(bind(
+                &plan.layout.arbiter_dir(),
+                ARBITER_DIR_IN_CONTAINER,
+                false,
+            ));
+        }
         ContainerEdits {
-            mounts: vec![
-                bind(
-                    &plan.layout.region_dir(&plan.allocation.name),
-                    REGION_DIR_IN_CONTAINER,
-                    true,
-                ),
-                bind(&plan.layout.lock_dir(), LOCK_DIR_IN_CONTAINER, true),
-                // The node's word on the limits, whatever the pod's or the
-                // image's environment says (hami-core checks the region
-                // against it).
-                bind(
-                    &plan.layout.limits_file(&plan.allocation.name),
-                    hami_api::limits_file::LIMITS_FILE_IN_CONTAINER,
-                    false,
-                ),
-            ],
+            mounts,
             ..ContainerEdits::default()
         }
     }

@@ -234,6 +234,13 @@ pub fn prepare_state(
     // sticky, so none can remove or replace another's.
     fs::set_permissions(&lock_dir, fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &lock_dir))?;
+    // Mounted into Ascend containers before the arbiter may have started.
+    let arbiter_dir = layout.arbiter_dir();
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&arbiter_dir)
+        .map_err(io("create", &arbiter_dir))?;
     write_node_file(
         &layout.limits_file(&allocation.name),
         limits_text(spec)?.as_bytes(),

@@ -330,8 +330,8 @@ fn runtime_symbol<F: Copy>(cache: &'static OnceLock<Option<F>>, name: &CStr) -> 
 /// Waits for this container's time window when the device has a share.
 fn admit() -> Option<c_int> {
     let device = current_device();
-    let share = crate::engine::engine().sm_limit(device)?;
-    match crate::slicer::slicer().admit(device as u32, u32::from(share)) {
+    crate::engine::engine().sm_limit(device)?;
+    match crate::slicer::slicer().admit(device as u32) {
         crate::slicer::Decision::Go => None,
         crate::slicer::Decision::Refuse => Some(ACL_ERROR_RT_INTERNAL_ERROR),
     }

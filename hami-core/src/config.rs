@@ -91,7 +91,7 @@ pub struct Config {
     pub shared_cache: Option<PathBuf>,
     /// Node-wide lock held around context creation (`HAMI_CORE_CONTEXT_LOCK`).
     pub context_lock: Option<PathBuf>,
-    /// Node-wide NPU schedule file (`HAMI_CORE_NPU_SCHEDULE`).
+    /// The node agent's NPU arbiter socket (`HAMI_CORE_NPU_SCHEDULE`).
     pub npu_schedule: Option<PathBuf>,
     pub core_policy: CorePolicy,
     pub task_priority: Option<i32>,

@@ -61,7 +61,7 @@ pub struct Engine {
     host_pid: AtomicU32,
     /// Node-wide lock file held around context creation.
     pub context_lock: Option<std::path::PathBuf>,
-    /// Node-wide NPU schedule file.
+    /// The node agent's NPU arbiter socket.
     pub schedule: Option<std::path::PathBuf>,
 }
 

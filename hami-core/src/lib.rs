@@ -9,7 +9,7 @@
 //! - [`nvml`]: NVML memory queries that show the quota;
 //! - [`limiter`]: the compute share, a closed loop on kernel launches fed by NVML;
 //! - [`ascend`]: the same memory quota in front of CANN's runtime and AscendCL;
-//! - [`slicer`]: weighted time-slicing of an NPU between containers, coordinator-free.
+//! - [`slicer`]: weighted time-slicing of an NPU between containers, arbitrated by the node agent.
 
 pub mod ascend;
 pub mod config;

@@ -1,79 +1,81 @@
-//! Weighted time-slicing of an NPU between containers, with no coordinator.
+//! Weighted time-slicing of an NPU between containers, arbitrated by the
+//! node agent.
 //!
-//! Every container sharing the node's NPUs registers in one schedule file
-//! (`HAMI_CORE_NPU_SCHEDULE`, on a node-wide mount) with its device, its
-//! share and a heartbeat. Each 100 ms period is cut into consecutive
-//! windows, one per live container on the device, in key order, sized in
-//! proportion to the shares and together filling the period. Every process
-//! computes the same windows from the same file, so nobody has to hand them
-//! out: a launch proceeds inside its container's window and otherwise sleeps
-//! until the window opens.
+//! Each 100 ms period is cut into consecutive windows, one per container
+//! active on the physical NPU, sized in proportion to the shares the node
+//! gave them and together filling the period. The node agent's arbiter
+//! (`HAMI_CORE_NPU_SCHEDULE` names its socket) hands each container its
+//! window; a launch proceeds inside it and otherwise sleeps until it opens.
+//! Asking is the heartbeat: a container that stops launching drops out after
+//! 300 ms, one whose processes all died drops out at once, and its time goes
+//! to the others.
 //!
 //! The windows always fill the period because an idle window leaks: the
 //! device's queue is empty when the next window opens, so its owner can queue
-//! work that runs on into the following window. Shares are therefore weights:
-//! 50/30/20 get exactly that, and a departed container's time goes to the
-//! others in proportion. A container alone on the NPU runs free, under either
-//! policy (holding a lone container below its share would need the device's
-//! queue depth, which the runtime does not expose).
+//! work that runs on into the following window. Shares are therefore
+//! weights: 50/30/20 get exactly that. A container alone on the NPU runs free
+//! (holding it below its share would need the device's queue depth, which
+//! the runtime does not expose).
 //!
-//! A container whose processes die (or stop launching) stops beating; after
-//! three periods it drops out of everyone's computation, so a dead peer never
-//! stalls the others. Without a schedule file there is nothing to slice:
-//! launches run unthrottled with a loud warning, or fail under `force`.
+//! A window is cached for [`REFRESH_NS`], so a launch costs a socket round
+//! trip at most every 20 ms per process and device. Without an arbiter
+//! (none configured, not running, or refusing this container) launches run
+//! unthrottled with a loud warning, or fail under `force`.
 
-use std::os::fd::AsRawFd;
-use std::path::Path;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
+
+use hami_region::npu_wire::{Reply, HELLO, PERIOD_NS, REPLY_LEN};
+use hami_region::MAX_DEVICES;
 
 use crate::config::CorePolicy;
 use crate::engine::engine;
 use crate::{hlog, log};
 
-pub const PERIOD_NS: u64 = 100_000_000;
-/// A container missing this many periods of heartbeats is gone.
-const EXPIRY_NS: u64 = 3 * PERIOD_NS;
-const ENTRIES: usize = 64;
-const MAGIC: u64 = u64::from_le_bytes(*b"HAMISCH1");
-
-#[repr(C)]
-struct Entry {
-    /// Identifies the container (its region file); 0 = free.
-    key: AtomicU64,
-    device: AtomicU32,
-    /// Share in percent.
-    weight: AtomicU32,
-    /// CLOCK_MONOTONIC ns of the last launch attempt; the clock is host-wide.
-    heartbeat: AtomicU64,
-}
-
-#[repr(C)]
-struct ScheduleFile {
-    magic: AtomicU64,
-    entries: [Entry; ENTRIES],
-}
+/// How long an answer stands before the arbiter is asked again.
+pub const REFRESH_NS: u64 = 20_000_000;
+/// After a failed connection, how long launches go without asking.
+const RETRY_NS: u64 = 1_000_000_000;
+/// The arbiter answers in microseconds; a hung one must not hang launches.
+const REPLY_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 0,
+    tv_usec: 250_000,
+};
 
 /// What a launch must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Go,
-    /// No schedule and `force`: the launch must fail.
+    /// No arbiter and `force`: the launch must fail.
     Refuse,
 }
 
-pub struct Slicer {
-    file: Option<NonNull<ScheduleFile>>,
-    key: u64,
-    force: bool,
-    warned: AtomicBool,
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Window { start: u64, len: u64 },
+    Free,
+    Unavailable,
 }
 
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Slicer {}
-unsafe impl Sync for Slicer {}
+struct Link {
+    /// The connection and the process that opened it: after fork the child
+    /// must not read the parent's answers.
+    conn: Option<(OwnedFd, u32)>,
+    retry_at: u64,
+    cache: [Option<(u64, Answer)>; MAX_DEVICES],
+}
+
+pub struct Slicer {
+    socket: Option<PathBuf>,
+    force: bool,
+    link: Mutex<Link>,
+    /// Set while the arbiter is unavailable and that has been logged.
+    warned: AtomicBool,
+}
 
 fn now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -85,120 +87,147 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn map(path: &Path) -> std::io::Result<NonNull<ScheduleFile>> {
-    let file = crate::region::open_shared(path)?;
-    let size = std::mem::size_of::<ScheduleFile>();
-    if file.metadata()?.len() < size as u64 {
-        // Zero-filled is a valid empty schedule; set_len never shrinks it here.
-        file.set_len(size as u64)?;
-    }
-    // SAFETY: a shared mapping of the file's first `size` bytes.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let s = NonNull::new(p.cast::<ScheduleFile>()).expect("mmap returned null");
-    // SAFETY: the mapping is live and large enough.
-    let magic = unsafe { &s.as_ref().magic };
-    let _ = magic.compare_exchange(0, MAGIC, Ordering::AcqRel, Ordering::Acquire);
-    if magic.load(Ordering::Acquire) != MAGIC {
-        return Err(std::io::Error::other("not a hami-rs NPU schedule file"));
-    }
-    Ok(s)
-}
-
-/// This container's key: the region file's identity, so all its processes agree.
-fn container_key() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let region = engine().region().map(|r| r.path().to_path_buf());
-    let key = region
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| key_of(m.dev(), m.ino()))
-        .unwrap_or_else(|| u64::from(std::process::id()) << 20);
-    key.max(1)
-}
-
-/// A file's identity as a key. 0 marks a free entry; the caller maps it to 1.
-/// (Or-ing in a 1 instead merged the keys of files with consecutive inodes,
-/// and two containers then shared one window.)
-fn key_of(dev: u64, ino: u64) -> u64 {
-    dev.rotate_left(32) ^ ino
-}
-
 pub fn slicer() -> &'static Slicer {
     static SLICER: OnceLock<Slicer> = OnceLock::new();
     SLICER.get_or_init(|| {
         let e = engine();
-        let force = e.core_policy == CorePolicy::Force;
-        let file = match &e.schedule {
-            None => None,
-            Some(path) => match map(path) {
-                Ok(f) => Some(f),
-                Err(err) => {
-                    hlog!(log::ERROR, "NPU schedule {}: {err}", path.display());
-                    None
-                }
-            },
-        };
         Slicer {
-            file,
-            key: container_key(),
-            force,
+            socket: e.schedule.clone(),
+            force: e.core_policy == CorePolicy::Force,
+            link: Mutex::new(Link {
+                conn: None,
+                retry_at: 0,
+                cache: [None; MAX_DEVICES],
+            }),
             warned: AtomicBool::new(false),
         }
     })
 }
 
-impl Slicer {
-    fn entries(&self) -> Option<&[Entry; ENTRIES]> {
-        // SAFETY: the mapping lives as long as the process.
-        self.file.map(|f| unsafe { &f.as_ref().entries })
+/// Connects and shows the arbiter this container's region file.
+fn connect(socket: &Path, region: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
     }
-
-    /// Waits for this container's window on `device` with `share` percent.
-    pub fn admit(&self, device: u32, share: u32) -> Decision {
-        let Some(entries) = self.entries() else {
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                if self.force {
-                    hlog!(log::ERROR, "no NPU schedule (HAMI_CORE_NPU_SCHEDULE) and policy force: refusing launches");
-                } else {
-                    hlog!(
-                        log::WARN,
-                        "no NPU schedule (HAMI_CORE_NPU_SCHEDULE): the {share}% compute share is NOT enforced"
-                    );
-                }
-            }
-            return if self.force {
-                Decision::Refuse
-            } else {
-                Decision::Go
-            };
+    // SAFETY: a fresh fd.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt with a timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&REPLY_TIMEOUT as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
         };
+    }
+    // SAFETY: sockaddr_un is plain bytes; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = socket.as_os_str().as_bytes();
+    if path.len() >= addr.sun_path.len() {
+        return Err("socket path too long".into());
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: connect with a filled sockaddr_un.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    let mut iov = libc::iovec {
+        iov_base: HELLO.as_ptr() as *mut _,
+        iov_len: HELLO.len(),
+    };
+    let mut control = [0u8; 64];
+    // SAFETY: msghdr is plain data; all-zero is valid. One SCM_RIGHTS header
+    // in a buffer large enough for it.
+    let sent = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        libc::CMSG_DATA(cmsg)
+            .cast::<RawFd>()
+            .write_unaligned(region);
+        libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    if sent < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    match receive(&fd)? {
+        Reply::Free => Ok(fd),
+        Reply::Refused(r) => Err(format!("refused: {}", r.describe())),
+        Reply::Window { .. } => Err("unexpected answer to the greeting".into()),
+    }
+}
+
+fn receive(fd: &OwnedFd) -> Result<Reply, String> {
+    let mut buf = [0u8; REPLY_LEN];
+    // SAFETY: recv into a live buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    Reply::decode(&buf[..n as usize]).ok_or_else(|| "the arbiter closed the connection".into())
+}
+
+fn ask(fd: &OwnedFd, device: u32) -> Result<Answer, String> {
+    let q = device.to_le_bytes();
+    // SAFETY: send of a live buffer.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            q.as_ptr().cast(),
+            q.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    match receive(fd)? {
+        Reply::Window { start_ns, len_ns } => Ok(Answer::Window {
+            start: start_ns,
+            len: len_ns,
+        }),
+        Reply::Free => Ok(Answer::Free),
+        Reply::Refused(r) => Err(format!("device {device} refused: {}", r.describe())),
+    }
+}
+
+impl Slicer {
+    /// Waits for this container's window on `device` (the arbiter knows the
+    /// share the node gave it).
+    pub fn admit(&self, device: u32) -> Decision {
         loop {
             let now = now_ns();
-            self.beat(entries, device, share, now);
-            let computed = window(entries, self.key, device, now);
-            if log::enabled(log::DEBUG) {
-                thread_local!(static LAST: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) });
-                if LAST.with(|l| l.replace(computed)) != computed {
-                    hlog!(
-                        log::DEBUG,
-                        "NPU {device}: window {computed:?} of {PERIOD_NS} ns (key {:#x})",
-                        self.key
-                    );
+            let (start, len) = match self.answer(device, now) {
+                Answer::Free => return Decision::Go,
+                Answer::Unavailable => {
+                    return if self.force {
+                        Decision::Refuse
+                    } else {
+                        Decision::Go
+                    }
                 }
-            }
-            let Some((start, len)) = computed else {
-                return Decision::Go;
+                Answer::Window { start, len } => (start, len),
             };
             let phase = now % PERIOD_NS;
             if phase >= start && phase < start + len {
@@ -213,118 +242,79 @@ impl Slicer {
         }
     }
 
-    fn beat(&self, entries: &[Entry; ENTRIES], device: u32, share: u32, now: u64) {
-        let mine = entries.iter().find(|e| {
-            e.key.load(Ordering::Acquire) == self.key && e.device.load(Ordering::Relaxed) == device
-        });
-        let entry = match mine {
-            Some(e) => e,
-            None => {
-                // Claim a free slot, or one whose owner stopped beating long ago.
-                let Some(e) = entries.iter().find(|e| {
-                    let k = e.key.load(Ordering::Acquire);
-                    let stale =
-                        now.saturating_sub(e.heartbeat.load(Ordering::Acquire)) > 10 * EXPIRY_NS;
-                    (k == 0 || stale)
-                        && e.key
-                            .compare_exchange(k, self.key, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                }) else {
-                    return;
-                };
-                e.device.store(device, Ordering::Relaxed);
-                e
-            }
+    fn answer(&self, device: u32, now: u64) -> Answer {
+        let Some(socket) = &self.socket else {
+            self.unavailable("no NPU arbiter (HAMI_CORE_NPU_SCHEDULE)");
+            return Answer::Unavailable;
         };
-        entry.weight.store(share, Ordering::Relaxed);
-        entry.heartbeat.store(now, Ordering::Release);
-    }
-}
-
-/// This container's window (offset into the period, length), or None when it
-/// is alone on the device (or unregistered): nothing to share.
-fn window(entries: &[Entry; ENTRIES], key: u64, device: u32, now: u64) -> Option<(u64, u64)> {
-    let mut live: Vec<(u64, u64)> = entries
-        .iter()
-        .filter(|e| e.device.load(Ordering::Relaxed) == device)
-        .filter(|e| now.saturating_sub(e.heartbeat.load(Ordering::Acquire)) <= EXPIRY_NS)
-        .filter_map(|e| {
-            let k = e.key.load(Ordering::Acquire);
-            (k != 0).then(|| (k, u64::from(e.weight.load(Ordering::Relaxed)).clamp(1, 100)))
-        })
-        .collect();
-    if live.len() < 2 || !live.iter().any(|(k, _)| *k == key) {
-        return None;
-    }
-    live.sort_unstable();
-    live.dedup_by_key(|(k, _)| *k);
-    let total: u64 = live.iter().map(|(_, w)| w).sum();
-    let mut start = 0;
-    for (k, w) in live {
-        let len = PERIOD_NS * w / total;
-        if k == key {
-            return Some((start, len));
+        let slot = (device as usize).min(MAX_DEVICES - 1);
+        let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, cached)) = link.cache[slot] {
+            if now.saturating_sub(at) < REFRESH_NS {
+                return cached;
+            }
         }
-        start += len;
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn table(rows: &[(u64, u32, u32, u64)]) -> Box<[Entry; ENTRIES]> {
-        let entries: Box<[Entry; ENTRIES]> = Box::new(std::array::from_fn(|_| Entry {
-            key: AtomicU64::new(0),
-            device: AtomicU32::new(0),
-            weight: AtomicU32::new(0),
-            heartbeat: AtomicU64::new(0),
-        }));
-        for (i, (key, device, weight, beat)) in rows.iter().enumerate() {
-            entries[i].key.store(*key, Ordering::Relaxed);
-            entries[i].device.store(*device, Ordering::Relaxed);
-            entries[i].weight.store(*weight, Ordering::Relaxed);
-            entries[i].heartbeat.store(*beat, Ordering::Relaxed);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() } as u32;
+        if link.conn.as_ref().is_some_and(|(_, owner)| *owner != pid) {
+            // Forked: this copy of the parent's socket is the child's to close.
+            link.conn = None;
         }
-        entries
+        if link.conn.is_none() {
+            if now < link.retry_at {
+                return Answer::Unavailable;
+            }
+            let region = engine()
+                .region()
+                .and_then(|r| r.file())
+                .map(|f| f.as_raw_fd());
+            let connected = match region {
+                None => Err("this container has no shared region to show".to_owned()),
+                Some(region) => connect(socket, region),
+            };
+            match connected {
+                Ok(fd) => {
+                    link.conn = Some((fd, pid));
+                    if self.warned.swap(false, Ordering::Relaxed) {
+                        hlog!(
+                            log::INFO,
+                            "NPU arbiter {} reached: shares enforced",
+                            socket.display()
+                        );
+                    }
+                }
+                Err(e) => {
+                    link.retry_at = now + RETRY_NS;
+                    drop(link);
+                    self.unavailable(&format!("NPU arbiter {}: {e}", socket.display()));
+                    return Answer::Unavailable;
+                }
+            }
+        }
+        let (fd, _) = link.conn.as_ref().expect("connected above");
+        match ask(fd, device) {
+            Ok(answer) => {
+                link.cache[slot] = Some((now, answer));
+                answer
+            }
+            Err(e) => {
+                link.conn = None;
+                link.retry_at = now + RETRY_NS;
+                drop(link);
+                self.unavailable(&format!("NPU arbiter {}: {e}", socket.display()));
+                Answer::Unavailable
+            }
+        }
     }
 
-    const NOW: u64 = 10 * PERIOD_NS;
-
-    #[test]
-    fn windows_follow_shares_in_key_order() {
-        let t = table(&[
-            (3, 0, 20, NOW),
-            (1, 0, 50, NOW),
-            (2, 0, 30, NOW),
-            (9, 1, 90, NOW),
-        ]);
-        assert_eq!(window(&t, 1, 0, NOW), Some((0, 50_000_000)));
-        assert_eq!(window(&t, 2, 0, NOW), Some((50_000_000, 30_000_000)));
-        assert_eq!(window(&t, 3, 0, NOW), Some((80_000_000, 20_000_000)));
-        // Alone on device 1: nothing to share.
-        assert_eq!(window(&t, 9, 1, NOW), None);
-    }
-
-    #[test]
-    fn consecutive_inodes_get_distinct_keys() {
-        assert_ne!(key_of(0xfe, 0x99_404e), key_of(0xfe, 0x99_404f));
-        assert_ne!(key_of(1, 7), key_of(2, 7));
-    }
-
-    #[test]
-    fn windows_fill_the_period_and_dead_peers_drop_out() {
-        let t = table(&[(1, 0, 100, NOW), (2, 0, 100, NOW)]);
-        assert_eq!(window(&t, 2, 0, NOW), Some((50_000_000, 50_000_000)));
-        let t = table(&[(1, 0, 50, NOW), (2, 0, 30, NOW)]);
-        assert_eq!(window(&t, 1, 0, NOW), Some((0, 62_500_000)));
-        assert_eq!(window(&t, 2, 0, NOW), Some((62_500_000, 37_500_000)));
-        let t = table(&[(1, 0, 50, NOW), (2, 0, 30, NOW - EXPIRY_NS - 1)]);
-        assert_eq!(
-            window(&t, 1, 0, NOW),
-            None,
-            "the only live container runs free"
-        );
+    fn unavailable(&self, why: &str) {
+        if self.warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.force {
+            hlog!(log::ERROR, "{why}; policy force: refusing launches");
+        } else {
+            hlog!(log::WARN, "{why}: the compute share is NOT enforced");
+        }
     }
 }

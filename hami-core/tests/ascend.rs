@@ -122,18 +122,41 @@ fn shares(out: &str) -> Vec<f64> {
         .collect()
 }
 
-/// A container on the shared fake NPU: its own region, the node's schedule.
-fn container(dir: &std::path::Path, name: &str, share: u32, policy: &str) -> std::process::Command {
-    let mut c = npu_app();
-    c.env("FAKE_CUDA_STATE", dir.join("npu"))
-        .env("HAMI_CORE_NPU_SCHEDULE", dir.join("schedule"))
-        .env(
-            "CUDA_DEVICE_MEMORY_SHARED_CACHE",
-            dir.join(format!("{name}.cache")),
+/// A node with one shared fake NPU and the node agent's arbiter.
+struct Node {
+    dir: tempfile::TempDir,
+    arbiter: hami_node::npu_arbiter::Arbiter,
+}
+
+impl Node {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let arbiter = hami_node::npu_arbiter::start(dir.path()).unwrap();
+        Node { dir, arbiter }
+    }
+
+    /// A container as the node prepares it: its own allocation directory
+    /// with a region and the node's limits file, which is where the arbiter
+    /// takes its share from.
+    fn container(&self, name: &str, share: u32, policy: &str) -> std::process::Command {
+        let alloc = self.dir.path().join(name);
+        std::fs::create_dir_all(alloc.join("region")).unwrap();
+        std::fs::write(
+            alloc.join("limits.env"),
+            format!("CUDA_DEVICE_SM_LIMIT={share}\nHAMI_CORE_NPU_DEVICE_IDS=0\n"),
         )
-        .env("CUDA_DEVICE_SM_LIMIT", share.to_string())
-        .env("GPU_CORE_UTILIZATION_POLICY", policy);
-    c
+        .unwrap();
+        let mut c = npu_app();
+        c.env("FAKE_CUDA_STATE", self.dir.path().join("npu"))
+            .env("HAMI_CORE_NPU_SCHEDULE", self.arbiter.socket())
+            .env(
+                "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+                alloc.join("region/vgpu.cache"),
+            )
+            .env("CUDA_DEVICE_SM_LIMIT", share.to_string())
+            .env("GPU_CORE_UTILIZATION_POLICY", policy);
+        c
+    }
 }
 
 /// The timing tests take turns: six saturating processes on two cores would
@@ -157,14 +180,15 @@ fn three_containers_at_50_30_20_get_their_shares() {
         return;
     }
     let _turn = timing_turn();
-    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new();
     let results: Vec<(u32, Vec<f64>)> = std::thread::scope(|s| {
         let runs: Vec<_> = [50u32, 30, 20]
             .into_iter()
             .map(|share| {
-                let dir = dir.path();
+                let node = &node;
                 s.spawn(move || {
-                    let (out, _) = run(container(dir, &format!("c{share}"), share, "force")
+                    let (out, _) = run(node
+                        .container(&format!("c{share}"), share, "force")
                         .args(["saturate", "flag", "5", BLOCKS]));
                     (share, shares(&out))
                 })
@@ -193,8 +217,9 @@ fn a_killed_peer_does_not_stall_the_others() {
         return;
     }
     let _turn = timing_turn();
-    let dir = tempfile::tempdir().unwrap();
-    let mut victim = container(dir.path(), "victim", 20, "force")
+    let node = Node::new();
+    let mut victim = node
+        .container("victim", 20, "force")
         .args(["saturate", "model", "30", "0"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -203,10 +228,11 @@ fn a_killed_peer_does_not_stall_the_others() {
         let runs: Vec<_> = [50u32, 30]
             .into_iter()
             .map(|share| {
-                let dir = dir.path();
+                let node = &node;
                 s.spawn(move || {
                     let started = std::time::Instant::now();
-                    let (out, _) = run(container(dir, &format!("c{share}"), share, "force")
+                    let (out, _) = run(node
+                        .container(&format!("c{share}"), share, "force")
                         .args(["saturate", "handle", "5", BLOCKS]));
                     assert!(
                         started.elapsed() < std::time::Duration::from_secs(10),
@@ -236,14 +262,14 @@ fn without_a_schedule_default_runs_free_and_force_refuses() {
         return;
     }
     let _turn = timing_turn();
-    let dir = tempfile::tempdir().unwrap();
-    let mut free = container(dir.path(), "a", 30, "default");
+    let node = Node::new();
+    let mut free = node.container("a", 30, "default");
     free.env_remove("HAMI_CORE_NPU_SCHEDULE");
     let (out, err) = run(free.args(["saturate", "flag", "2", BLOCKS]));
     assert!(steady_mean(&shares(&out)) > 95.0, "{out}");
     assert!(err.contains("NOT enforced"), "{err}");
 
-    let mut refused = container(dir.path(), "b", 30, "force");
+    let mut refused = node.container("b", 30, "force");
     refused.env_remove("HAMI_CORE_NPU_SCHEDULE");
     let (out, err) = run(refused.args(["saturate", "flag", "2", BLOCKS]));
     assert!(out.contains("saturate rc=507899"), "{out}");
@@ -258,9 +284,34 @@ fn alone_on_the_npu_a_container_runs_free() {
     }
     let _turn = timing_turn();
     for (policy, kind) in [("default", "aicpu"), ("force", "aicpu-ex")] {
-        let dir = tempfile::tempdir().unwrap();
-        let (out, _) =
-            run(container(dir.path(), "a", 30, policy).args(["saturate", kind, "3", BLOCKS]));
+        let node = Node::new();
+        let (out, _) = run(node
+            .container("a", 30, policy)
+            .args(["saturate", kind, "3", BLOCKS]));
         assert!(steady_mean(&shares(&out)) > 95.0, "{policy}: {out}");
     }
+}
+
+/// A process whose region is no allocation of this node (a container that
+/// pointed its region elsewhere to escape its share) gets no window: under
+/// `force` its launches are refused.
+#[test]
+fn a_container_the_node_does_not_know_gets_no_window() {
+    if !needs("a_container_the_node_does_not_know_gets_no_window") {
+        return;
+    }
+    let _turn = timing_turn();
+    let node = Node::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut stranger = node.container("s", 30, "force");
+    stranger.env(
+        "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+        elsewhere.path().join("vgpu.cache"),
+    );
+    let (out, err) = run(stranger.args(["saturate", "flag", "1", BLOCKS]));
+    assert!(out.contains("saturate rc=507899"), "{out}");
+    assert!(
+        err.contains("no allocation of this node") && err.contains("refusing launches"),
+        "{err}"
+    );
 }

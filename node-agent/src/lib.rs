@@ -15,6 +15,7 @@ pub mod grpc_authority;
 pub mod kubelet;
 pub mod metrics;
 pub mod monitor;
+pub mod npu_arbiter;
 pub mod pod_source;
 pub mod quota_guard;
 pub mod register;

@@ -84,6 +84,10 @@ enum Command {
         /// Where each container's state and shared region live.
         #[arg(long, default_value = "/var/run/hami/vgpu")]
         region_dir: PathBuf,
+        /// Serve the NPU arbiter (Ascend time-slicing) at
+        /// <region-dir>/.arbiter/npu.sock. On by default on Ascend nodes.
+        #[arg(long, action = ArgAction::Set)]
+        npu_arbiter: Option<bool>,
         #[arg(long, default_value = "0.0.0.0:9394")]
         metrics_bind_address: std::net::SocketAddr,
         /// Seconds between registration rounds.
@@ -97,6 +101,13 @@ enum Command {
         source: DeviceSource,
         #[arg(long, default_value_t = 10)]
         device_split_count: u32,
+    },
+    /// Serve only the NPU arbiter: the time-slicing of Ascend NPUs for nodes
+    /// without Kubernetes (podman with the hook or CDI specs).
+    NpuArbiter {
+        /// The state directory the hook or hami-cdi writes allocations to.
+        #[arg(long, default_value = "/var/run/hami/vgpu")]
+        region_dir: PathBuf,
     },
     /// Check the node's prerequisites and print a table; exit 1 on a failure.
     Doctor {
@@ -370,6 +381,19 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::NpuArbiter { region_dir } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let _arbiter =
+                hami_node::npu_arbiter::start(&region_dir).context("starting the NPU arbiter")?;
+            loop {
+                std::thread::park();
+            }
+        }
         Command::Doctor {
             root,
             vendor,
@@ -408,6 +432,7 @@ fn main() -> Result<()> {
             dra_plugin_path,
             plugins_registry_path,
             region_dir,
+            npu_arbiter,
             metrics_bind_address,
             register_interval,
         } => {
@@ -417,6 +442,17 @@ fn main() -> Result<()> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .init();
+            // Held for the process's life. On an Ascend node a share nobody
+            // arbitrates is a share not enforced, so failing to serve it stops
+            // the agent.
+            let _arbiter = if npu_arbiter.unwrap_or(source.vendor == "ascend") {
+                Some(
+                    hami_node::npu_arbiter::start(&region_dir)
+                        .context("starting the NPU arbiter")?,
+                )
+            } else {
+                None
+            };
             let agent = Arc::new(Agent {
                 node: node_name,
                 dra,

@@ -11,6 +11,7 @@
 //! process, and happens before the driver is called.
 
 pub mod layout;
+pub mod npu_wire;
 pub mod safe_read;
 pub mod snapshot;
 
@@ -216,6 +217,12 @@ impl Region {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The open region file (none for an anonymous region). Its identity is
+    /// what a container shows the NPU arbiter (see [`npu_wire`]).
+    pub fn file(&self) -> Option<&File> {
+        self._file.as_ref()
     }
 
     pub fn header(&self) -> &Header {

@@ -26,8 +26,9 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Reads `relative` beneath the directory `root`.
-pub fn read_beneath(root: &Path, relative: &Path, size: Size) -> io::Result<Vec<u8>> {
+/// Opens `relative` beneath the directory `root` with `flags` (plus
+/// `O_NOFOLLOW | O_CLOEXEC`), the kernel refusing any symlink on the way.
+fn open_beneath(root: &Path, relative: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     if relative.is_absolute()
         || relative
             .components()
@@ -56,9 +57,7 @@ pub fn read_beneath(root: &Path, relative: &Path, size: Size) -> io::Result<Vec<
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: open_how is plain integers; all-zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags =
-        (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            as u64;
+    how.flags = (flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: openat2 with a valid dirfd, C string and open_how of the right size.
     let fd = unsafe {
@@ -80,7 +79,33 @@ pub fn read_beneath(root: &Path, relative: &Path, size: Size) -> io::Result<Vec<
         });
     }
     // SAFETY: a fresh fd we own.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// The identity (device, inode) of the regular file at `relative` beneath
+/// `root`, found without opening it for reading (a FIFO does not block) and
+/// without following any symlink.
+pub fn identity_beneath(root: &Path, relative: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(open_beneath(root, relative, libc::O_PATH)?);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid(format!(
+            "{}: not a regular file",
+            relative.display()
+        )));
+    }
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Reads `relative` beneath the directory `root`.
+pub fn read_beneath(root: &Path, relative: &Path, size: Size) -> io::Result<Vec<u8>> {
+    let fd = open_beneath(
+        root,
+        relative,
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+    )?;
+    let file = std::fs::File::from(fd);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(invalid(format!(
