@@ -159,10 +159,13 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
-        .applied_objects()
+        // Every event, deletions included: counting only applied objects
+        // left a deleted pod's devices in use until some unrelated change,
+        // and a pod created meanwhile did not fit (the real cluster caught it).
         .inspect(move |_| {
             generation.fetch_add(1, Ordering::Relaxed);
-        });
+        })
+        .applied_objects();
     let kind = K::kind(&K::DynamicType::default()).to_lowercase();
     tokio::spawn(stream.for_each(move |r| {
         let kind = kind.clone();

@@ -425,6 +425,12 @@ async fn filter_handler(
         app.settings
             .decisions
             .record(uid, [node_name.clone()], delivery);
+        tracing::info!(
+            pod = %pod.metadata.name.as_deref().unwrap_or_default(),
+            namespace = %pod.metadata.namespace.as_deref().unwrap_or("default"),
+            node = %node_name,
+            "placed; waiting for /bind"
+        );
     }
     Json(reply(&args, &[node_name], failed)).into_response()
 }

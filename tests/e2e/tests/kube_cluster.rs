@@ -536,6 +536,101 @@ fn hami_on_a_real_kubernetes_node() {
     // the way the controller makes one, minus the device request: created
     // unscheduled, annotated and bound by the controller's user.
     escaped_pod_is_deleted(&cluster);
+
+    // 7. kubelet restarts: nothing is double-allocated, nothing leaks.
+    kubelet_restart(&mut cluster, w);
+}
+
+/// The pods that hold an allocation on disk (their `owner.json`), sorted.
+fn allocated_pods(regions: &Path) -> Vec<String> {
+    let mut pods: Vec<String> = std::fs::read_dir(regions)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .filter_map(|e| std::fs::read(e.path().join("owner.json")).ok())
+                .filter_map(|b| serde_json::from_slice::<Value>(&b).ok())
+                .filter_map(|o| o["pod"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    pods.sort();
+    pods
+}
+
+/// Running pods that asked for GPUs, sorted.
+fn running_gpu_pods(cluster: &KubeCluster) -> Vec<String> {
+    let Some(list) = cluster.get(&["pods"]) else {
+        return Vec::new();
+    };
+    let mut pods: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["status"]["phase"] == "Running")
+        .filter(|p| p.to_string().contains("nvidia.com/gpu"))
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    pods.sort();
+    pods
+}
+
+/// What is allocated on disk is exactly what runs.
+fn wait_allocations_match(cluster: &KubeCluster, regions: &Path, when: &str) {
+    cluster.wait(
+        &format!("allocations on disk = running GPU pods ({when})"),
+        Duration::from_secs(60),
+        || {
+            let running = running_gpu_pods(cluster);
+            (allocated_pods(regions) == running).then_some(())
+        },
+    );
+}
+
+fn registrations(cluster: &KubeCluster) -> usize {
+    cluster
+        .daemon_log("hami-node")
+        .matches("registered with kubelet")
+        .count()
+}
+
+fn kubelet_restart(cluster: &mut KubeCluster, w: &Path) {
+    let regions = w.join("regions");
+    let out = cluster.kubectl(&[
+        "delete",
+        "pod",
+        "gpu-pod-too-big",
+        "--grace-period",
+        "1",
+        "--wait",
+    ]);
+    assert!(out.status.success());
+    wait_allocations_match(cluster, &regions, "before");
+    let before = allocated_pods(&regions);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // kubelet restarts: the plugin registers again, the running pods keep
+    // their allocations, and a new pod is allocated as before.
+    let registered = registrations(cluster);
+    cluster.restart_component("kubelet");
+    cluster.wait(
+        "the device plugin registered with the new kubelet",
+        Duration::from_secs(60),
+        || (registrations(cluster) > registered).then_some(()),
+    );
+    cluster.wait(
+        "nvidia.com/gpu allocatable again",
+        Duration::from_secs(60),
+        || (allocatable_gpus(cluster) == Some(20)).then_some(()),
+    );
+    cluster.apply(&hami_example(
+        "default_use.yaml",
+        "after-kubelet-restart",
+        REPORT,
+    ));
+    let logs = wait_for_report(cluster, "after-kubelet-restart");
+    assert_eq!(field(&logs, "info", "total"), Some(3000 * MIB), "{logs}");
+    wait_allocations_match(cluster, &regions, "after the kubelet restart");
+    assert_eq!(allocated_pods(&regions).len(), 3);
 }
 
 fn escaped_pod_is_deleted(cluster: &KubeCluster) {
