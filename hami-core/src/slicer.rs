@@ -22,14 +22,13 @@
 //! (none configured, not running, or refusing this container) launches run
 //! unthrottled with a loud warning, or fail under `force`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use hami_region::npu_wire::{Reply, HELLO, PERIOD_NS, REPLY_LEN};
+use hami_region::npu_wire::{self, Reply, HELLO, PERIOD_NS};
 use hami_region::MAX_DEVICES;
 
 use crate::config::CorePolicy;
@@ -106,13 +105,7 @@ pub fn slicer() -> &'static Slicer {
 
 /// Connects and shows the arbiter this container's region file.
 fn connect(socket: &Path, region: RawFd) -> Result<OwnedFd, String> {
-    // SAFETY: socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    // SAFETY: a fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = npu_wire::connect(socket).map_err(|e| e.to_string())?;
     for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
         // SAFETY: setsockopt with a timeval of the right size.
         unsafe {
@@ -125,84 +118,17 @@ fn connect(socket: &Path, region: RawFd) -> Result<OwnedFd, String> {
             )
         };
     }
-    // SAFETY: sockaddr_un is plain bytes; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let path = socket.as_os_str().as_bytes();
-    if path.len() >= addr.sun_path.len() {
-        return Err("socket path too long".into());
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(path) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: connect with a filled sockaddr_un.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    let mut iov = libc::iovec {
-        iov_base: HELLO.as_ptr() as *mut _,
-        iov_len: HELLO.len(),
-    };
-    let mut control = [0u8; 64];
-    // SAFETY: msghdr is plain data; all-zero is valid. One SCM_RIGHTS header
-    // in a buffer large enough for it.
-    let sent = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        libc::CMSG_DATA(cmsg)
-            .cast::<RawFd>()
-            .write_unaligned(region);
-        libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    match receive(&fd)? {
+    npu_wire::send(&fd, &HELLO, Some(region)).map_err(|e| e.to_string())?;
+    match npu_wire::receive(&fd).map_err(|e| e.to_string())? {
         Reply::Free => Ok(fd),
         Reply::Refused(r) => Err(format!("refused: {}", r.describe())),
         Reply::Window { .. } => Err("unexpected answer to the greeting".into()),
     }
 }
 
-fn receive(fd: &OwnedFd) -> Result<Reply, String> {
-    let mut buf = [0u8; REPLY_LEN];
-    // SAFETY: recv into a live buffer.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    Reply::decode(&buf[..n as usize]).ok_or_else(|| "the arbiter closed the connection".into())
-}
-
 fn ask(fd: &OwnedFd, device: u32) -> Result<Answer, String> {
-    let q = device.to_le_bytes();
-    // SAFETY: send of a live buffer.
-    let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            q.as_ptr().cast(),
-            q.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error().to_string());
-    }
-    match receive(fd)? {
+    npu_wire::send(fd, &device.to_le_bytes(), None).map_err(|e| e.to_string())?;
+    match npu_wire::receive(fd).map_err(|e| e.to_string())? {
         Reply::Window { start_ns, len_ns } => Ok(Answer::Window {
             start: start_ns,
             len: len_ns,

@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hami_api::{keys, limits_file};
-use hami_region::npu_wire::{self, Refusal, Reply, ASK_LEN, HELLO, PERIOD_NS, REPLY_LEN};
+use hami_region::npu_wire::{
+    self, address, send, seqpacket, Refusal, Reply, ASK_LEN, HELLO, PERIOD_NS,
+};
 use hami_region::safe_read::{identity_beneath, read_beneath, Size};
 use thiserror::Error;
 
@@ -184,7 +185,7 @@ pub fn start(state_dir: &Path) -> Result<Arbiter, ArbiterError> {
         Err(e) => return Err(io_err(&socket, "stat")(e)),
     }
     let listener = seqpacket().map_err(io_err(&socket, "socket"))?;
-    let addr = sockaddr(&socket).map_err(io_err(&socket, "address"))?;
+    let addr = address(&socket).map_err(io_err(&socket, "address"))?;
     // SAFETY: bind/listen on our socket with a filled sockaddr_un.
     let bound = unsafe {
         libc::bind(
@@ -219,33 +220,6 @@ pub fn start(state_dir: &Path) -> Result<Arbiter, ArbiterError> {
     Ok(Arbiter { socket, listener })
 }
 
-fn seqpacket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn sockaddr(path: &Path) -> io::Result<libc::sockaddr_un> {
-    // SAFETY: sockaddr_un is plain bytes; all-zero is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "socket path too long for a unix socket",
-        ));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Ok(addr)
-}
-
 fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
     loop {
         // SAFETY: accept4 on our listening socket; the fd is owned below.
@@ -276,7 +250,7 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
         let conn = unsafe { OwnedFd::from_raw_fd(fd) };
         if shared.connections.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
-            let _ = send(&conn, &Reply::Refused(Refusal::TooMany).encode());
+            let _ = send(&conn, &Reply::Refused(Refusal::TooMany).encode(), None);
             continue;
         }
         let shared = shared.clone();
@@ -290,23 +264,6 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
         if let Err(e) = spawned {
             tracing::warn!("NPU arbiter: cannot serve a connection: {e}");
         }
-    }
-}
-
-fn send(conn: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: send of a live buffer on our socket.
-    let n = unsafe {
-        libc::send(
-            conn.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 
@@ -354,7 +311,7 @@ fn serve(conn: &OwnedFd, shared: &Shared) {
     let tenant = match hello(conn, shared) {
         Ok(t) => t,
         Err(refusal) => {
-            let _ = send(conn, &Reply::Refused(refusal).encode());
+            let _ = send(conn, &Reply::Refused(refusal).encode(), None);
             return;
         }
     };
@@ -364,12 +321,12 @@ fn serve(conn: &OwnedFd, shared: &Shared) {
         if *count >= MAX_PER_CONTAINER {
             drop(table);
             tracing::warn!(container = %tenant.name, "NPU arbiter: too many connections from one container");
-            let _ = send(conn, &Reply::Refused(Refusal::TooMany).encode());
+            let _ = send(conn, &Reply::Refused(Refusal::TooMany).encode(), None);
             return;
         }
         *count += 1;
     }
-    if send(conn, &Reply::Free.encode()).is_ok() {
+    if send(conn, &Reply::Free.encode(), None).is_ok() {
         asks(conn, shared, &tenant);
     }
     let mut table = shared.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -411,7 +368,7 @@ fn asks(conn: &OwnedFd, shared: &Shared, tenant: &Tenant) {
             }
         };
         let refused = matches!(reply, Reply::Refused(_));
-        if send(conn, &reply.encode()).is_err() || refused {
+        if send(conn, &reply.encode(), None).is_err() || refused {
             return;
         }
     }
@@ -525,53 +482,14 @@ pub mod client {
     impl Connection {
         /// Connects and shows `region` (any open file: the arbiter decides).
         pub fn open(socket: &Path, region: Option<&std::fs::File>) -> io::Result<(Self, Reply)> {
-            let fd = seqpacket()?;
-            let addr = sockaddr(socket)?;
-            // SAFETY: connect with a filled sockaddr_un.
-            let rc = unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let conn = Connection(fd);
+            let conn = Connection(npu_wire::connect(socket)?);
             conn.send_with_fd(&HELLO, region.map(|f| f.as_raw_fd()))?;
             let reply = conn.recv()?;
             Ok((conn, reply))
         }
 
         pub fn send_with_fd(&self, bytes: &[u8], fd: Option<RawFd>) -> io::Result<()> {
-            let mut iov = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut _,
-                iov_len: bytes.len(),
-            };
-            let mut control = [0u8; 64];
-            // SAFETY: msghdr is plain data; all-zero is valid.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            if let Some(fd) = fd {
-                // SAFETY: one SCM_RIGHTS header in a buffer large enough for it.
-                unsafe {
-                    msg.msg_control = control.as_mut_ptr().cast();
-                    msg.msg_controllen =
-                        libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
-                    let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                    (*cmsg).cmsg_level = libc::SOL_SOCKET;
-                    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-                    libc::CMSG_DATA(cmsg).cast::<RawFd>().write_unaligned(fd);
-                }
-            }
-            // SAFETY: sendmsg of the message above.
-            if unsafe { libc::sendmsg(self.0.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+            npu_wire::send(&self.0, bytes, fd)
         }
 
         pub fn ask(&self, device: u32) -> io::Result<Reply> {
@@ -580,16 +498,7 @@ pub mod client {
         }
 
         pub fn recv(&self) -> io::Result<Reply> {
-            let mut buf = [0u8; REPLY_LEN];
-            // SAFETY: recv into a live buffer.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Reply::decode(&buf[..n as usize]).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "not an arbiter reply (closed?)")
-            })
+            npu_wire::receive(&self.0)
         }
     }
 }

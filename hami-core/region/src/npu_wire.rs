@@ -18,6 +18,11 @@
 //!    and the arbiter answers with its window in each [`PERIOD_NS`] period,
 //!    or `Free` when nobody else is active on that physical device.
 
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
 /// The socket's name in the arbiter directory.
 pub const SOCKET_FILE: &str = "npu.sock";
 /// The first message; the region file travels with it.
@@ -114,6 +119,102 @@ impl Reply {
             _ => None,
         }
     }
+}
+
+/// A `SOCK_SEQPACKET` unix socket, close-on-exec.
+pub fn seqpacket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `path` as a unix socket address.
+pub fn address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    // SAFETY: sockaddr_un is plain bytes; all-zero is valid.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long for a unix socket",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Ok(addr)
+}
+
+/// A new seqpacket socket connected to `path`.
+pub fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let fd = seqpacket()?;
+    let addr = address(path)?;
+    // SAFETY: connect with a filled sockaddr_un.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Sends one message, with `attach` passed along (`SCM_RIGHTS`) if given.
+pub fn send(fd: &OwnedFd, bytes: &[u8], attach: Option<RawFd>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut _,
+        iov_len: bytes.len(),
+    };
+    let mut control = [0u8; 64];
+    // SAFETY: msghdr is plain data; all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(attach) = attach {
+        // SAFETY: one SCM_RIGHTS header in a buffer large enough for it.
+        unsafe {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            libc::CMSG_DATA(cmsg)
+                .cast::<RawFd>()
+                .write_unaligned(attach);
+        }
+    }
+    // SAFETY: sendmsg of the message above.
+    if unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one answer; anything that is not one (a closed peer included)
+/// is `InvalidData`.
+pub fn receive(fd: &OwnedFd) -> io::Result<Reply> {
+    let mut buf = [0u8; REPLY_LEN];
+    // SAFETY: recv into a live buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Reply::decode(&buf[..n as usize]).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an arbiter answer (the connection closed?)",
+        )
+    })
 }
 
 #[cfg(test)]

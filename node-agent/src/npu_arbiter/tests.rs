@@ -3,6 +3,7 @@
 
 use super::client::Connection;
 use super::*;
+use std::os::unix::ffi::OsStrExt;
 
 struct Node {
     dir: tempfile::TempDir,
@@ -149,7 +150,7 @@ fn malformed_clients_leave_the_arbiter_serving() {
     conn.send_with_fd(b"xy", None).unwrap();
     assert_eq!(conn.recv().unwrap(), Reply::Refused(Refusal::BadMessage));
     let raw = seqpacket().unwrap();
-    let addr = sockaddr(socket).unwrap();
+    let addr = address(socket).unwrap();
     // SAFETY: connect with a filled sockaddr_un.
     assert_eq!(
         unsafe {
