@@ -34,6 +34,8 @@ pub const HOOK_ENV: &str = "HAMI_OCI_HOOK=1";
 /// The node agent's NPU arbiter directory inside Ascend containers,
 /// read-only: it holds the arbiter's socket (Ascend time-slicing).
 pub const ARBITER_DIR_IN_CONTAINER: &str = "/usr/local/vgpu/arbiter";
+/// The arbiter's directory in the state directory, on the host.
+pub const ARBITER_DIR: &str = ".arbiter";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum BuildError {
@@ -106,7 +108,7 @@ impl Layout {
     /// Where the node agent's NPU arbiter listens; root's alone, mounted
     /// read-only (a socket on a read-only mount still accepts connections).
     pub fn arbiter_dir(&self) -> PathBuf {
-        self.state_dir.join(".arbiter")
+        self.state_dir.join(ARBITER_DIR)
     }
 }
 

@@ -218,29 +218,23 @@ pub fn prepare_state(
     spec: &Spec,
 ) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let create_dir = |dir: &Path| {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(io("create", dir))
+    };
     let region_dir = layout.region_dir(&allocation.name);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&region_dir)
-        .map_err(io("create", &region_dir))?;
+    create_dir(&region_dir)?;
     let lock_dir = layout.lock_dir();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&lock_dir)
-        .map_err(io("create", &lock_dir))?;
+    create_dir(&lock_dir)?;
     // Processes of any uid in any container create their lock files here;
     // sticky, so none can remove or replace another's.
     fs::set_permissions(&lock_dir, fs::Permissions::from_mode(0o1777))
         .map_err(io("chmod", &lock_dir))?;
     // Mounted into Ascend containers before the arbiter may have started.
-    let arbiter_dir = layout.arbiter_dir();
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&arbiter_dir)
-        .map_err(io("create", &arbiter_dir))?;
+    create_dir(&layout.arbiter_dir())?;
     write_node_file(
         &layout.limits_file(&allocation.name),
         limits_text(spec)?.as_bytes(),

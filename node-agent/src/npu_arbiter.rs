@@ -132,7 +132,7 @@ impl Drop for Arbiter {
 /// The arbiter's directory beneath the state directory (the CDI specs and
 /// the hook mount it read-only into every Ascend container).
 pub fn arbiter_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(".arbiter")
+    state_dir.join(hami_cdi::builder::ARBITER_DIR)
 }
 
 /// Listens at `<state_dir>/.arbiter/npu.sock`.
